@@ -1,0 +1,174 @@
+"""Typed view of ``params.yaml``, the single source of configuration.
+
+Dagster, DVC and the CLI all read the same file through :func:`load_params`. Every model
+forbids unknown keys and has no defaults for values a user is expected to choose, so a typo
+or a missing key fails loudly, naming the key, instead of silently falling back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ops.errors import ConfigError
+
+DEFAULT_PARAMS_PATH = Path("params.yaml")
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProjectConfig(StrictModel):
+    data_dir: Path = Field(description="Root of DVC-tracked inputs (datasets).")
+    artifacts_dir: Path = Field(description="Root of pipeline outputs (models, metrics, plots).")
+
+
+class TrafficGeneratorConfig(StrictModel):
+    """Procedural traffic scenes written in the COCO layout."""
+
+    seed: int = Field(description="Random seed: the same seed writes byte-identical files.")
+    num_train: int = Field(gt=0, description="Number of training images.")
+    num_val: int = Field(gt=0, description="Number of validation images.")
+    image_width: int = Field(ge=64, description="Width of generated images in pixels.")
+    image_height: int = Field(ge=64, description="Height of generated images in pixels.")
+    min_objects: int = Field(ge=1, description="Fewest annotated objects per image.")
+    max_objects: int = Field(ge=1, description="Most annotated objects per image.")
+    jpeg_quality: int = Field(ge=50, le=100, description="JPEG quality of written images.")
+
+    @model_validator(mode="after")
+    def _objects_range(self) -> TrafficGeneratorConfig:
+        if self.min_objects > self.max_objects:
+            raise ValueError(
+                f"min_objects ({self.min_objects}) must not exceed max_objects ({self.max_objects})"
+            )
+        return self
+
+
+class DatasetConfig(StrictModel):
+    source: Literal["generate", "local"] = Field(
+        description="'generate' writes procedural data; 'local' reads an existing COCO copy."
+    )
+    root: Path = Field(description="Dataset directory: images/{train,val}, annotations/.")
+    generator: TrafficGeneratorConfig
+
+
+class ModelConfig(StrictModel):
+    """TrafficQuantizerNet options; defaults of the class are the seed's full-size model."""
+
+    input_size: int = Field(ge=64, description="Square network input in pixels (multiple of 32).")
+    width_mult: float = Field(gt=0, le=4, description="Channel multiplier of backbone and decoder.")
+    upsample: tuple[bool, bool, bool] = Field(
+        description="Which of the three decoder layers really upsample (3UP = all true)."
+    )
+    backbone: Literal["resnet18"] = Field(description="Feature extractor.")
+    head_width: int = Field(gt=0, description="Channels of the 3x3 conv in each prediction head.")
+    mean: tuple[float, float, float] = Field(description="Per-channel RGB mean of 0..1 pixels.")
+    std: tuple[float, float, float] = Field(description="Per-channel RGB std of 0..1 pixels.")
+
+    @field_validator("input_size")
+    @classmethod
+    def _multiple_of_32(cls, value: int) -> int:
+        if value % 32:  # five stride-2 stages in the backbone
+            raise ValueError("must be a multiple of 32")
+        return value
+
+
+class AugmentConfig(StrictModel):
+    hflip: float = Field(ge=0, le=1, description="Probability of a horizontal flip.")
+    scale_range: tuple[float, float] = Field(description="Random zoom range (1.0 = none).")
+    translate: float = Field(ge=0, le=0.5, description="Max shift as a fraction of the input size.")
+    color_jitter: float = Field(ge=0, le=1, description="Brightness/contrast jitter strength.")
+
+
+class TrainConfig(StrictModel):
+    seed: int = Field(description="Seed for torch, numpy and the data order.")
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    lr: float = Field(gt=0, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(ge=0)
+    warmup_epochs: float = Field(ge=0, description="Linear warm-up before the cosine decay.")
+    num_workers: int = Field(ge=0, description="DataLoader worker processes.")
+    device: Literal["auto", "cpu", "cuda"] = Field(description="'auto' picks CUDA when present.")
+    amp: bool = Field(description="Mixed precision (only takes effect on CUDA).")
+    augment: AugmentConfig
+    size_loss_weight: float = Field(ge=0, description="Weight of the L1 size loss (CenterNet: 0.1).")
+    offset_loss_weight: float = Field(ge=0, description="Weight of the L1 offset loss (CenterNet: 1).")
+
+
+class EvaluateConfig(StrictModel):
+    top_k: int = Field(gt=0, description="Peaks kept per image (CenterNet: 100).")
+    score_threshold: float = Field(ge=0, le=1, description="Detections below are dropped.")
+    num_sample_images: int = Field(ge=0, description="Images in the sample-detections grid.")
+
+
+class TrafficConfig(StrictModel):
+    dataset: DatasetConfig
+    model: ModelConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+
+
+class Params(StrictModel):
+    project: ProjectConfig
+    traffic: TrafficConfig
+
+    def task_dir(self, task: str) -> Path:
+        """Directory of one task's outputs, e.g. ``artifacts/traffic``."""
+        return self.project.artifacts_dir / task
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in err.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        elif item["type"] == "missing":
+            lines.append(f"  {key}: missing required key")
+        elif isinstance(item.get("input"), dict):  # a cross-field rule: the message names the keys
+            lines.append(f"  {key}: {item['msg']}")
+        else:
+            lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a section of params")
+        node = child
+    if parts[-1] not in node:
+        raise ConfigError(f"override {dotted!r}: unknown key {parts[-1]!r}")
+    node[parts[-1]] = value
+
+
+def load_params(
+    path: Path | str = DEFAULT_PARAMS_PATH, overrides: dict[str, Any] | None = None
+) -> Params:
+    """Read and validate ``params.yaml``; ``overrides`` maps dotted keys to values.
+
+    Relative paths inside the file stay relative to the current directory, which is the
+    repository root for the CLI, DVC stages and Dagster alike.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"params file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params file {path} must hold a mapping at the top level")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, str(path))) from None

@@ -1,0 +1,144 @@
+"""From a COCO split to network inputs and CenterNet targets.
+
+Geometry is one 2x3 affine matrix per image (letterbox for evaluation; random zoom, shift
+and flip for training), applied to pixels with ``cv2.warpAffine`` and to box corners with
+the same matrix, so boxes can never drift from the pixels they describe.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ops.centernet import encode_targets
+from ops.config import AugmentConfig
+from ops.data.coco import CocoSplit, read_image_rgb
+
+# Boxes left thinner than this (input pixels) after augmentation carry no learnable centre.
+MIN_BOX_SIDE = 2.0
+# Generous upper bound on objects per image; CenterNet decodes at most top-K anyway.
+MAX_OBJECTS = 128
+# Padding colour of letterbox borders: mid-grey, close to the normalisation mean.
+PAD_VALUE = (114, 114, 114)
+
+
+def letterbox_matrix(width: int, height: int, input_size: int) -> np.ndarray:
+    """Scale the longer side to ``input_size`` and centre the image on a square canvas."""
+    scale = input_size / max(width, height)
+    tx = (input_size - width * scale) / 2
+    ty = (input_size - height * scale) / 2
+    return np.array([[scale, 0, tx], [0, scale, ty]], dtype=np.float64)
+
+
+def random_affine_matrix(
+    width: int, height: int, input_size: int, augment: AugmentConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """Letterbox, then a random zoom about the centre, shift and horizontal flip."""
+    base = np.vstack([letterbox_matrix(width, height, input_size), [0, 0, 1]])
+    zoom = rng.uniform(*augment.scale_range)
+    shift = rng.uniform(-augment.translate, augment.translate, size=2) * input_size
+    flip = -1.0 if rng.random() < augment.hflip else 1.0
+    c = input_size / 2
+    jitter = np.array(
+        [[zoom * flip, 0, c - zoom * flip * c + shift[0]], [0, zoom, c - zoom * c + shift[1]], [0, 0, 1]]
+    )
+    return (jitter @ base)[:2]
+
+
+def warp_image(image: np.ndarray, matrix: np.ndarray, input_size: int) -> np.ndarray:
+    return cv2.warpAffine(
+        image, matrix, (input_size, input_size), flags=cv2.INTER_LINEAR, borderValue=PAD_VALUE
+    )
+
+
+def transform_boxes(
+    boxes_xywh: np.ndarray, matrix: np.ndarray, input_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Map COCO boxes through ``matrix``, clip to the input; returns (xyxy, kept mask)."""
+    if len(boxes_xywh) == 0:
+        return np.zeros((0, 4), dtype=np.float32), np.zeros((0,), dtype=bool)
+    x, y, w, h = boxes_xywh.T.astype(np.float64)
+    ones = np.ones_like(x)
+    corners = np.stack(  # (4 corners, N, homogeneous xy1)
+        [np.stack([cx, cy, ones], axis=1) for cx, cy in ((x, y), (x + w, y), (x, y + h), (x + w, y + h))]
+    )
+    mapped = corners @ matrix.T  # (4, N, 2)
+    xyxy = np.concatenate([mapped.min(axis=0), mapped.max(axis=0)], axis=1)
+    xyxy = np.clip(xyxy, 0, input_size)
+    keep = ((xyxy[:, 2] - xyxy[:, 0]) >= MIN_BOX_SIDE) & ((xyxy[:, 3] - xyxy[:, 1]) >= MIN_BOX_SIDE)
+    return xyxy.astype(np.float32), keep
+
+
+def normalize(image_rgb: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """uint8 HWC RGB -> float32 CHW, 0..1 scaled then mean/std normalised (the ONNX contract)."""
+    scaled = image_rgb.astype(np.float32) / 255.0
+    scaled = (scaled - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(scaled.transpose(2, 0, 1))
+
+
+def jitter_colour(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """Random brightness and contrast, so lighting is not learnt as a class cue."""
+    if strength <= 0:
+        return image
+    brightness = rng.uniform(-strength, strength) * 255
+    contrast = rng.uniform(1 - strength, 1 + strength)
+    mean = image.mean()
+    out = (image.astype(np.float32) - mean) * contrast + mean + brightness
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+class DetectionDataset(Dataset):
+    """A COCO split as (normalised image, CenterNet targets) pairs.
+
+    Augmentation randomness is keyed by (seed, epoch, index), not by a global RNG, so a run
+    resumed from a checkpoint sees exactly the batches the uninterrupted run would have.
+    """
+
+    def __init__(
+        self,
+        split: CocoSplit,
+        input_size: int,
+        output_stride: int,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.split = split
+        self.input_size = input_size
+        self.output_stride = output_stride
+        self.mean, self.std = mean, std
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self.num_classes = len(split.class_names)
+        self._class_lookup = {cat["id"]: split.category_index(cat["id"]) for cat in split.categories}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.split.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        record = self.split.images[index]
+        image = read_image_rgb(record.path)
+        height, width = image.shape[:2]
+        if self.augment is not None:
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            matrix = random_affine_matrix(width, height, self.input_size, self.augment, rng)
+            image = jitter_colour(warp_image(image, matrix, self.input_size), self.augment.color_jitter, rng)
+        else:
+            matrix = letterbox_matrix(width, height, self.input_size)
+            image = warp_image(image, matrix, self.input_size)
+
+        boxes, keep = transform_boxes(record.boxes, matrix, self.input_size)
+        classes = np.array([self._class_lookup[int(c)] for c in record.category_ids], dtype=np.int64)
+        out_size = self.input_size // self.output_stride
+        targets = encode_targets(
+            boxes[keep], classes[keep], self.num_classes, (out_size, out_size), self.output_stride, MAX_OBJECTS
+        )
+        tensors = {name: torch.from_numpy(value) for name, value in targets.items()}
+        return torch.from_numpy(normalize(image, self.mean, self.std)), tensors

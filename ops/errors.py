@@ -1,0 +1,23 @@
+"""The one exception type users see: every error they can cause says what and where."""
+
+from __future__ import annotations
+
+
+class VisionForgeError(Exception):
+    """An error caused by input the user controls (files, config, data, hardware).
+
+    The message names the offending item (path, key, id) so it can be fixed without a
+    traceback. Bugs in visionforge itself raise ordinary Python exceptions instead.
+    """
+
+
+class ConfigError(VisionForgeError):
+    """params.yaml (or an override) is missing, malformed, or has unknown/ill-typed keys."""
+
+
+class DatasetError(VisionForgeError):
+    """A dataset on disk is missing, corrupt, or its annotations are malformed."""
+
+
+class CheckpointError(VisionForgeError):
+    """A checkpoint is missing, corrupt, or was written by a different model config."""

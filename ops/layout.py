@@ -1,0 +1,43 @@
+"""Deterministic paths of every artefact, shared by the CLI, DVC stages and Dagster assets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ops.config import Params
+
+
+@dataclass(frozen=True)
+class TaskLayout:
+    """Where one task's inputs and outputs live (``data/<task>``, ``artifacts/<task>/...``)."""
+
+    dataset: Path
+    root: Path
+
+    @classmethod
+    def for_task(cls, params: Params, task: str) -> TaskLayout:
+        task_cfg = getattr(params, task)
+        return cls(dataset=task_cfg.dataset.root, root=params.task_dir(task))
+
+    @property
+    def dataset_report(self) -> Path:
+        return self.root / "dataset"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def weights(self) -> Path:
+        return self.model_dir / "model.pt"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.model_dir / "checkpoints" / "last.pt"
+
+    def metrics(self, backend: str) -> Path:
+        return self.root / "metrics" / f"{backend}.json"
+
+    def evaluation(self, backend: str) -> Path:
+        return self.root / "eval" / backend

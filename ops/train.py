@@ -1,0 +1,340 @@
+"""Training: a task-agnostic loop (:func:`fit`) and the detector's specifics (:func:`train_detector`).
+
+The loop owns what every task shares: device choice, AdamW with warm-up + cosine decay,
+AMP on CUDA, seeded data order, tqdm progress, atomic per-epoch checkpoints and exact
+resume. A task supplies a model, a dataset with ``set_epoch`` and a loss function.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ops.centernet import centernet_loss
+from ops.config import ModelConfig, TrainConfig
+from ops.data.coco import load_coco_split
+from ops.data.detection import DetectionDataset
+from ops.errors import CheckpointError, VisionForgeError
+from ops.io import atomic_path, save_figure, write_json
+from ops.models import TrafficQuantizerNet
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "visionforge-checkpoint/1"
+LossFn = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
+
+
+def pick_device(requested: str) -> torch.device:
+    """'auto' is CUDA when a device is visible, else CPU; asking for CUDA without one is an error."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise VisionForgeError("train.device is 'cuda' but no CUDA device is available on this machine")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """LR factor: linear warm-up to 1, then cosine decay to 0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def load_checkpoint(path: Path, signature: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a checkpoint, refusing a corrupt file or one written for a different model.
+
+    ``signature`` is what the caller is about to build (model config, classes, ...); any
+    differing key is named in the error instead of surfacing later as a shape mismatch.
+    """
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated/garbage files
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable: {exc}") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a visionforge checkpoint ({CHECKPOINT_FORMAT})")
+    if signature is not None:
+        check_signature(path, state["signature"], signature)
+    return state
+
+
+def check_signature(path: Path, saved: dict[str, Any], expected: dict[str, Any]) -> None:
+    differences = [
+        f"{key}: checkpoint has {saved.get(key)!r}, config has {expected.get(key)!r}"
+        for key in sorted(set(saved) | set(expected))
+        if saved.get(key) != expected.get(key)
+    ]
+    if differences:
+        raise CheckpointError(
+            f"checkpoint {path} was written by a different model config:\n  " + "\n  ".join(differences)
+        )
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]
+    checkpoint: Path
+    device: str
+
+
+def fit(
+    model: torch.nn.Module,
+    dataset: Any,
+    loss_fn: LossFn,
+    cfg: TrainConfig,
+    checkpoint_path: Path,
+    signature: dict[str, Any],
+    resume: bool = False,
+    after_epoch: Callable[[int], None] | None = None,
+) -> FitResult:
+    """Train ``model`` on ``dataset`` (which must offer ``set_epoch``) for ``cfg.epochs``.
+
+    After every epoch the full state (weights, optimiser, scheduler, AMP scaler, history)
+    is written atomically to ``checkpoint_path``. With ``resume`` the loop continues from
+    that file exactly: data order and augmentation are functions of (seed, epoch), so the
+    resumed run reproduces the uninterrupted one. ``after_epoch`` is a hook for callers
+    (progress reporting, and tests that simulate an interruption).
+    """
+    device = pick_device(cfg.device)
+    use_amp = cfg.amp and device.type == "cuda"
+    model.to(device)
+    steps_per_epoch = math.ceil(len(dataset) / cfg.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        warmup_cosine(cfg.epochs * steps_per_epoch, max(1, round(cfg.warmup_epochs * steps_per_epoch))),
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+
+    start_epoch, history = 0, []
+    if resume:
+        state = load_checkpoint(checkpoint_path, signature)
+        model.load_state_dict(state["model_state"])
+        optimizer.load_state_dict(state["optimizer_state"])
+        scheduler.load_state_dict(state["scheduler_state"])
+        scaler.load_state_dict(state["scaler_state"])
+        start_epoch, history = state["epoch"], list(state["history"])
+        log.info("resuming from %s after epoch %d/%d", checkpoint_path, start_epoch, cfg.epochs)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        dataset.set_epoch(epoch)
+        order = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        loader = DataLoader(
+            dataset,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            generator=order,
+            num_workers=cfg.num_workers,
+            drop_last=False,
+            pin_memory=device.type == "cuda",
+        )
+        model.train()
+        totals: dict[str, float] = {}
+        progress = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
+        for images, targets in progress:
+            images = images.to(device, non_blocking=True)
+            targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
+            with torch.autocast(device.type, enabled=use_amp):
+                outputs = model(images)
+            loss, parts = loss_fn(outputs, targets)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            parts["loss"] = loss.item()
+            for name, value in parts.items():
+                totals[name] = totals.get(name, 0.0) + value
+            progress.set_postfix(loss=f"{parts['loss']:.3f}")
+        row = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
+        row.update({name: total / len(loader) for name, total in totals.items()})
+        history.append(row)
+        log.info(
+            "epoch %d/%d  %s", epoch + 1, cfg.epochs,
+            "  ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"),
+        )
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "signature": signature,
+            "epoch": epoch + 1,
+            "history": history,
+            "model_state": model.state_dict(),
+            "optimizer_state": optimizer.state_dict(),
+            "scheduler_state": scheduler.state_dict(),
+            "scaler_state": scaler.state_dict(),
+        }
+        with atomic_path(checkpoint_path) as tmp:
+            torch.save(state, tmp)
+        if after_epoch is not None:
+            after_epoch(epoch + 1)
+    return FitResult(history=history, checkpoint=checkpoint_path, device=str(device))
+
+
+def plot_history(history: list[dict[str, float]], path: Path) -> Path:
+    """Loss parts and learning rate per epoch, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name in [k for k in history[0] if k not in ("epoch", "lr")]:
+        ax_loss.plot(epochs, [row[name] for row in history], marker="o", label=name)
+    ax_loss.set_yscale("log")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_title("training loss")
+    ax_loss.legend()
+    ax_loss.grid(alpha=0.3)
+    ax_lr.plot(epochs, [row["lr"] for row in history], marker="o", color="tab:purple")
+    ax_lr.set_xlabel("epoch")
+    ax_lr.set_title("learning rate (end of epoch)")
+    ax_lr.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+# --- the detector ---------------------------------------------------------------------------
+
+
+def detector_signature(model_cfg: ModelConfig, class_names: list[str]) -> dict[str, Any]:
+    """What a checkpoint must match to be loaded into the model built from this config."""
+    return {
+        "architecture": "TrafficQuantizerNet",
+        "model": {k: list(v) if isinstance(v, tuple) else v for k, v in model_cfg.model_dump().items()},
+        "class_names": list(class_names),
+    }
+
+
+def build_detector(model_cfg: ModelConfig, num_classes: int) -> TrafficQuantizerNet:
+    return TrafficQuantizerNet(
+        num_classes=num_classes,
+        input_size=model_cfg.input_size,
+        width_mult=model_cfg.width_mult,
+        upsample=tuple(model_cfg.upsample),
+        backbone=model_cfg.backbone,
+        head_width=model_cfg.head_width,
+    )
+
+
+@dataclass
+class DetectorBundle:
+    """A trained detector plus everything needed to feed it and read its outputs."""
+
+    model: TrafficQuantizerNet
+    model_cfg: ModelConfig
+    class_names: list[str]
+
+
+def save_detector(path: Path, model: TrafficQuantizerNet, model_cfg: ModelConfig, class_names: list[str]) -> Path:
+    """The released weights: model state and signature, no optimiser (small, loadable alone)."""
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "signature": detector_signature(model_cfg, class_names),
+        "model_state": model.state_dict(),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def load_detector(path: Path, model_cfg: ModelConfig | None = None) -> DetectorBundle:
+    """Load weights saved by :func:`save_detector` (or a training checkpoint).
+
+    With ``model_cfg`` the file must have been written for that config (the error names
+    every difference); without it the file's own config is used.
+    """
+    state = load_checkpoint(path)
+    saved = state["signature"]
+    if model_cfg is not None:
+        check_signature(path, saved, detector_signature(model_cfg, saved["class_names"]))
+    file_cfg = ModelConfig.model_validate(saved["model"])
+    model = build_detector(file_cfg, len(saved["class_names"]))
+    model.load_state_dict(state["model_state"])
+    model.eval()
+    return DetectorBundle(model=model, model_cfg=file_cfg, class_names=list(saved["class_names"]))
+
+
+@dataclass
+class TrainDetectorResult:
+    model_path: Path
+    checkpoint_path: Path
+    curves_path: Path
+    history_path: Path
+    history: list[dict[str, float]]
+    device: str
+    num_train_images: int
+
+
+def train_detector(
+    dataset_root: Path,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    out_dir: Path,
+    resume: bool = False,
+    after_epoch: Callable[[int], None] | None = None,
+) -> TrainDetectorResult:
+    """Train TrafficQuantizerNet on ``dataset_root``'s train split; outputs land in ``out_dir``.
+
+    Writes ``model.pt`` (weights), ``checkpoints/last.pt`` (full state for ``resume``),
+    ``history.json`` and ``training_curves.png``.
+    """
+    split = load_coco_split(dataset_root, "train")
+    seed_everything(train_cfg.seed)
+    model = build_detector(model_cfg, len(split.class_names))
+    dataset = DetectionDataset(
+        split,
+        input_size=model_cfg.input_size,
+        output_stride=model.output_stride,
+        mean=model_cfg.mean,
+        std=model_cfg.std,
+        augment=train_cfg.augment,
+        seed=train_cfg.seed,
+    )
+    checkpoint_path = out_dir / "checkpoints" / "last.pt"
+
+    def loss_fn(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]):
+        return centernet_loss(outputs, targets, train_cfg.size_loss_weight, train_cfg.offset_loss_weight)
+
+    log.info(
+        "training TrafficQuantizerNet (%s classes, input %d, width %.2f) on %d images",
+        len(split.class_names), model_cfg.input_size, model_cfg.width_mult, len(split.images),
+    )
+    result = fit(
+        model, dataset, loss_fn, train_cfg, checkpoint_path,
+        detector_signature(model_cfg, split.class_names), resume=resume, after_epoch=after_epoch,
+    )
+    model.cpu()
+    model_path = save_detector(out_dir / "model.pt", model, model_cfg, split.class_names)
+    history_path = write_json(out_dir / "history.json", result.history)
+    curves_path = plot_history(result.history, out_dir / "training_curves.png")
+    return TrainDetectorResult(
+        model_path=model_path,
+        checkpoint_path=checkpoint_path,
+        curves_path=curves_path,
+        history_path=history_path,
+        history=result.history,
+        device=result.device,
+        num_train_images=len(split.images),
+    )

@@ -1,0 +1,1 @@
+"""Dagster Definitions: resources, jobs, schedules and sensors. Wiring only."""

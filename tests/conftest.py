@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny params file and a tiny generated dataset, built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ops.config import Params, load_params
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_params_dict(workdir: Path) -> dict:
+    """The repository's params.yaml shrunk to seconds: 128 px images, few images, 2 epochs."""
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    raw["project"] = {"data_dir": str(workdir / "data"), "artifacts_dir": str(workdir / "artifacts")}
+    traffic = raw["traffic"]
+    traffic["dataset"]["root"] = str(workdir / "data" / "traffic")
+    traffic["dataset"]["generator"].update(
+        num_train=16, num_val=8, image_width=128, image_height=128, max_objects=6
+    )
+    traffic["model"].update(input_size=128, width_mult=0.25, head_width=16)
+    traffic["train"].update(epochs=2, batch_size=8, num_workers=0, device="cpu")
+    traffic["evaluate"]["num_sample_images"] = 4
+    return raw
+
+
+def write_params(workdir: Path, raw: dict) -> Path:
+    path = workdir / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_params_file(tmp_path: Path) -> Path:
+    return write_params(tmp_path, tiny_params_dict(tmp_path))
+
+
+@pytest.fixture
+def tiny_params(tiny_params_file: Path) -> Params:
+    return load_params(tiny_params_file)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated 16/8-image traffic dataset, shared read-only by the tests."""
+    from ops.data.traffic_scenes import generate_traffic_dataset
+
+    workdir = tmp_path_factory.mktemp("tiny")
+    params = load_params(write_params(workdir, tiny_params_dict(workdir)))
+    cfg = params.traffic.dataset
+    return generate_traffic_dataset(cfg.root, cfg.generator, progress=False)
