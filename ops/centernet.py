@@ -79,7 +79,7 @@ def encode_targets(
     mask = np.zeros((max_objects,), dtype=np.float32)
 
     slot = 0
-    for box, cls in zip(boxes_xyxy[:max_objects], class_indices[:max_objects]):
+    for box, cls in zip(boxes_xyxy[:max_objects], class_indices[:max_objects], strict=True):
         x1, y1, x2, y2 = box / stride
         w, h = x2 - x1, y2 - y1
         if w <= 0 or h <= 0:
@@ -119,7 +119,9 @@ def _gather(feature: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return flat.gather(1, index.unsqueeze(-1).expand(-1, -1, channels))
 
 
-def masked_l1(pred: torch.Tensor, target: torch.Tensor, index: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_l1(
+    pred: torch.Tensor, target: torch.Tensor, index: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """L1 between ``pred`` at object centres and ``target``, averaged over real objects."""
     gathered = _gather(pred.float(), index)
     weight = mask.unsqueeze(-1)

@@ -32,11 +32,18 @@ def _parse_override(text: str) -> tuple[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--params", type=Path, default=DEFAULT_PARAMS_PATH, metavar="FILE",
+        "--params",
+        type=Path,
+        default=DEFAULT_PARAMS_PATH,
+        metavar="FILE",
         help="configuration file to read (default: %(default)s)",
     )
     common.add_argument(
-        "--set", dest="overrides", type=_parse_override, action="append", default=[],
+        "--set",
+        dest="overrides",
+        type=_parse_override,
+        action="append",
+        default=[],
         metavar="KEY=VALUE",
         help="override one value of the params file for this run, dotted key, YAML value "
         "(e.g. --set traffic.train.epochs=2); repeatable",
@@ -50,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ingest = commands.add_parser(
-        "ingest", parents=[common], help="generate or locate a dataset, validate it, write its report",
+        "ingest",
+        parents=[common],
+        help="generate or locate a dataset, validate it, write its report",
         description="Write the procedural dataset (dataset.source: generate) or check an existing "
         "COCO-format copy (dataset.source: local), validate every image and annotation of both "
         "splits, and write a report (counts per class, box-size histogram) to "
@@ -59,18 +68,23 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("task", choices=TASKS, help="which task's dataset")
 
     train = commands.add_parser(
-        "train", parents=[common], help="train the task's model",
+        "train",
+        parents=[common],
+        help="train the task's model",
         description="Train on the train split. Writes artifacts/<task>/model/model.pt, a full "
         "checkpoint after every epoch (checkpoints/last.pt), history.json and training_curves.png.",
     )
     train.add_argument("task", choices=TASKS, help="which task's model")
     train.add_argument(
-        "--resume", action="store_true",
+        "--resume",
+        action="store_true",
         help="continue from checkpoints/last.pt (same epoch, optimiser and scheduler state)",
     )
 
     evaluate = commands.add_parser(
-        "evaluate", parents=[common], help="score the trained model with pycocotools",
+        "evaluate",
+        parents=[common],
+        help="score the trained model with pycocotools",
         description="Run the trained PyTorch model on a split and compute COCO mAP@0.5, "
         "mAP@[.5:.95] and per-class AP with pycocotools. Writes "
         "artifacts/<task>/metrics/pytorch.json, detections, a PR curve and sample detections.",
@@ -90,13 +104,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     params = _params(args)
     if args.command == "ingest":
         reports = traffic.ingest(params)
-        return {split: {k: v for k, v in r.items() if k in ("num_images", "num_annotations", "files")}
-                for split, r in reports.items()}
+        return {
+            split: {k: v for k, v in r.items() if k in ("num_images", "num_annotations", "files")}
+            for split, r in reports.items()
+        }
     if args.command == "train":
         result = traffic.train(params, resume=args.resume)
         last = result.history[-1]
-        return {"model": str(result.model_path), "device": result.device,
-                "epochs": last["epoch"], "final_loss": round(last["loss"], 4)}
+        return {
+            "model": str(result.model_path),
+            "device": result.device,
+            "epochs": last["epoch"],
+            "final_loss": round(last["loss"], 4),
+        }
     if args.command == "evaluate":
         summary = traffic.evaluate(params, split=args.split)
         return {k: summary[k] for k in ("backend", "split", "num_images", "map50", "map50_95")}

@@ -93,7 +93,11 @@ class TrainConfig(StrictModel):
     warmup_epochs: float = Field(ge=0, description="Linear warm-up before the cosine decay.")
     num_workers: int = Field(ge=0, description="DataLoader worker processes.")
     device: Literal["auto", "cpu", "cuda"] = Field(description="'auto' picks CUDA when present.")
-    amp: bool = Field(description="Mixed precision (only takes effect on CUDA).")
+    amp: bool = Field(
+        description="Mixed precision: float16 on CUDA, bfloat16 on CPUs with native bf16 "
+        "(AVX512-BF16/AMX); ignored elsewhere."
+    )
+    channels_last: bool = Field(description="NHWC memory layout (faster convolutions on CPU and GPU).")
     augment: AugmentConfig
     size_loss_weight: float = Field(ge=0, description="Weight of the L1 size loss (CenterNet: 0.1).")
     offset_loss_weight: float = Field(ge=0, description="Weight of the L1 offset loss (CenterNet: 1).")
@@ -149,9 +153,7 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def load_params(
-    path: Path | str = DEFAULT_PARAMS_PATH, overrides: dict[str, Any] | None = None
-) -> Params:
+def load_params(path: Path | str = DEFAULT_PARAMS_PATH, overrides: dict[str, Any] | None = None) -> Params:
     """Read and validate ``params.yaml``; ``overrides`` maps dotted keys to values.
 
     Relative paths inside the file stay relative to the current directory, which is the

@@ -56,8 +56,12 @@ class ImageDetections:
 
 
 def decode_to_image(
-    raw: dict[str, np.ndarray], matrices: list[np.ndarray], sizes: list[tuple[int, int]],
-    input_size: int, top_k: int, score_threshold: float,
+    raw: dict[str, np.ndarray],
+    matrices: list[np.ndarray],
+    sizes: list[tuple[int, int]],
+    input_size: int,
+    top_k: int,
+    score_threshold: float,
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Decode a batch and map boxes back through each image's letterbox into its pixels."""
     heatmap = torch.from_numpy(raw["heatmap"])
@@ -66,7 +70,7 @@ def decode_to_image(
         heatmap, torch.from_numpy(raw["wh"]), torch.from_numpy(raw["offset"]), top_k, stride
     )
     decoded = []
-    for i, (matrix, (width, height)) in enumerate(zip(matrices, sizes)):
+    for i, (matrix, (width, height)) in enumerate(zip(matrices, sizes, strict=True)):
         keep = scores[i] >= score_threshold
         image_boxes = boxes[i][keep].numpy().astype(np.float64)
         scale, tx, ty = matrix[0, 0], matrix[0, 2], matrix[1, 2]
@@ -77,27 +81,34 @@ def decode_to_image(
 
 
 def detect_split(
-    forward: RawForward, split: CocoSplit, model_cfg: ModelConfig, eval_cfg: EvaluateConfig,
+    forward: RawForward,
+    split: CocoSplit,
+    model_cfg: ModelConfig,
+    eval_cfg: EvaluateConfig,
     batch_size: int = EVAL_BATCH_SIZE,
 ) -> list[ImageDetections]:
     """Run ``forward`` over every image of ``split`` (letterboxed, as at training time)."""
     results: list[ImageDetections] = []
     images = split.images
-    for start in tqdm(range(0, len(images), batch_size), desc="detect", unit="batch", leave=False):
+    for start in tqdm(
+        range(0, len(images), batch_size), desc="detect", unit="batch", leave=False, disable=None
+    ):
         records = images[start : start + batch_size]
         batch, matrices, sizes = [], [], []
         for record in records:
             pixels = read_image_rgb(record.path)
             height, width = pixels.shape[:2]
             matrix = letterbox_matrix(width, height, model_cfg.input_size)
-            batch.append(normalize(warp_image(pixels, matrix, model_cfg.input_size), model_cfg.mean, model_cfg.std))
+            batch.append(
+                normalize(warp_image(pixels, matrix, model_cfg.input_size), model_cfg.mean, model_cfg.std)
+            )
             matrices.append(matrix)
             sizes.append((width, height))
         raw = forward(np.stack(batch))
         decoded = decode_to_image(
             raw, matrices, sizes, model_cfg.input_size, eval_cfg.top_k, eval_cfg.score_threshold
         )
-        for record, (boxes, scores, classes) in zip(records, decoded):
+        for record, (boxes, scores, classes) in zip(records, decoded, strict=True):
             results.append(ImageDetections(record.id, boxes, scores, classes))
     return results
 
@@ -107,14 +118,20 @@ def to_coco_results(detections: list[ImageDetections], split: CocoSplit) -> list
     category_ids = [cat["id"] for cat in split.categories]
     rows = []
     for det in detections:
-        for (x1, y1, x2, y2), score, cls in zip(det.boxes, det.scores, det.class_indices):
-            rows.append({
-                "image_id": int(det.image_id),
-                "category_id": int(category_ids[int(cls)]),
-                "bbox": [round(float(x1), 2), round(float(y1), 2),
-                         round(float(x2 - x1), 2), round(float(y2 - y1), 2)],
-                "score": round(float(score), 5),
-            })
+        for (x1, y1, x2, y2), score, cls in zip(det.boxes, det.scores, det.class_indices, strict=True):
+            rows.append(
+                {
+                    "image_id": int(det.image_id),
+                    "category_id": int(category_ids[int(cls)]),
+                    "bbox": [
+                        round(float(x1), 2),
+                        round(float(y1), 2),
+                        round(float(x2 - x1), 2),
+                        round(float(y2 - y1), 2),
+                    ],
+                    "score": round(float(score), 5),
+                }
+            )
     return rows
 
 
@@ -132,7 +149,9 @@ def coco_metrics(split: CocoSplit, results: list[dict[str, Any]]) -> CocoMetrics
 
     names = split.class_names
     empty = {
-        "map50": 0.0, "map50_95": 0.0, "map75": 0.0,
+        "map50": 0.0,
+        "map50_95": 0.0,
+        "map75": 0.0,
         "per_class": {name: {"ap50": 0.0, "ap50_95": 0.0} for name in names},
     }
     if not results:  # COCO.loadRes refuses an empty list; no detections means AP 0
@@ -209,17 +228,23 @@ def plot_sample_detections(
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
     colours = plt.get_cmap("tab10")
     names = split.class_names
-    for ax, record, det in zip(axes.flat, split.images, detections):
+    for ax, record, det in zip(axes.flat, split.images, detections, strict=False):
         ax.imshow(read_image_rgb(record.path))
         for x, y, w, h in record.boxes:
             ax.add_patch(Rectangle((x, y), w, h, fill=False, ec="white", ls="--", lw=0.8))
-        for (x1, y1, x2, y2), score, cls in zip(det.boxes, det.scores, det.class_indices):
+        for (x1, y1, x2, y2), score, cls in zip(det.boxes, det.scores, det.class_indices, strict=True):
             if score < min_score:
                 continue
             colour = colours(int(cls) % 10)
             ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=colour, lw=1.2))
-            ax.text(x1, y1, f"{names[int(cls)]} {score:.2f}", color="white", fontsize=6,
-                    bbox={"facecolor": colour, "pad": 0.5, "lw": 0})
+            ax.text(
+                x1,
+                y1,
+                f"{names[int(cls)]} {score:.2f}",
+                color="white",
+                fontsize=6,
+                bbox={"facecolor": colour, "pad": 0.5, "lw": 0},
+            )
     for ax in axes.flat:
         ax.axis("off")
     fig.suptitle(f"sample detections (score >= {min_score}); dashed = ground truth", fontsize=9)
@@ -245,7 +270,9 @@ def evaluate_forward(
     write_json(out_dir / "detections.json", results)
     metrics = coco_metrics(split, results)
     pr_path = plot_pr_curves(metrics, split.class_names, out_dir / "pr_curve.png")
-    samples_path = plot_sample_detections(split, detections, out_dir / "samples.png", eval_cfg.num_sample_images)
+    samples_path = plot_sample_detections(
+        split, detections, out_dir / "samples.png", eval_cfg.num_sample_images
+    )
     summary = {
         "backend": backend,
         "split": split.split,
@@ -255,6 +282,11 @@ def evaluate_forward(
         "plots": {"pr_curve": str(pr_path), "samples": str(samples_path)},
     }
     write_json(metrics_path, summary)
-    log.info("%s: mAP@0.5 %.4f  mAP@[.5:.95] %.4f on %d images", backend, summary["map50"],
-             summary["map50_95"], len(split.images))
+    log.info(
+        "%s: mAP@0.5 %.4f  mAP@[.5:.95] %.4f on %d images",
+        backend,
+        summary["map50"],
+        summary["map50_95"],
+        len(split.images),
+    )
     return summary

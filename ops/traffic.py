@@ -42,8 +42,12 @@ def train(
 ) -> TrainDetectorResult:
     layout = TaskLayout.for_task(params, TASK)
     return train_detector(
-        params.traffic.dataset.root, params.traffic.model, params.traffic.train, layout.model_dir,
-        resume=resume, after_epoch=after_epoch,
+        params.traffic.dataset.root,
+        params.traffic.model,
+        params.traffic.train,
+        layout.model_dir,
+        resume=resume,
+        after_epoch=after_epoch,
     )
 
 
@@ -59,6 +63,11 @@ def evaluate(params: Params, split: str = "val") -> dict[str, Any]:
         )
     backend = "pytorch"
     return evaluate_forward(
-        torch_forward(bundle.model), coco_split, params.traffic.model, params.traffic.evaluate,
-        layout.evaluation(backend), layout.metrics(backend), backend,
+        torch_forward(bundle.model),
+        coco_split,
+        params.traffic.model,
+        params.traffic.evaluate,
+        layout.evaluation(backend),
+        layout.metrics(backend),
+        backend,
     )

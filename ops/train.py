@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ops.centernet import centernet_loss
 from ops.config import ModelConfig, TrainConfig
 from ops.data.coco import load_coco_split
-from ops.data.detection import DetectionDataset
+from ops.data.detection import DetectionDataset, InputNormalizer
 from ops.errors import CheckpointError, VisionForgeError
 from ops.io import atomic_path, save_figure, write_json
 from ops.models import TrafficQuantizerNet
@@ -41,6 +41,29 @@ def pick_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
+
+
+def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """The mixed-precision type for ``device``, or None to train in float32.
+
+    CUDA uses float16 (with loss scaling). On CPU, bfloat16 autocast is only a speed-up
+    where oneDNN has native bf16 kernels (AVX512-BF16 or AMX); elsewhere it is emulated and
+    slower than float32, so it stays off.
+    """
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and _cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:  # private oneDNN probe; absent in builds without mkldnn, where bf16 would be slow anyway
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def seed_everything(seed: int) -> None:
@@ -108,6 +131,7 @@ def fit(
     signature: dict[str, Any],
     resume: bool = False,
     after_epoch: Callable[[int], None] | None = None,
+    prepare_inputs: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``dataset`` (which must offer ``set_epoch``) for ``cfg.epochs``.
 
@@ -115,18 +139,21 @@ def fit(
     is written atomically to ``checkpoint_path``. With ``resume`` the loop continues from
     that file exactly: data order and augmentation are functions of (seed, epoch), so the
     resumed run reproduces the uninterrupted one. ``after_epoch`` is a hook for callers
-    (progress reporting, and tests that simulate an interruption).
+    (progress reporting, and tests that simulate an interruption). ``prepare_inputs`` turns
+    a batch as the dataset yields it into the model's input, on the training device.
     """
     device = pick_device(cfg.device)
-    use_amp = cfg.amp and device.type == "cuda"
-    model.to(device)
+    amp_dtype = autocast_dtype(device, cfg.amp)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(device=device, memory_format=memory_format)
     steps_per_epoch = math.ceil(len(dataset) / cfg.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         warmup_cosine(cfg.epochs * steps_per_epoch, max(1, round(cfg.warmup_epochs * steps_per_epoch))),
     )
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    # Loss scaling guards float16's narrow range; bfloat16 has float32's range and needs none.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     start_epoch, history = 0, []
     if resume:
@@ -152,11 +179,16 @@ def fit(
         )
         model.train()
         totals: dict[str, float] = {}
-        progress = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
+        progress = tqdm(
+            loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False, disable=None
+        )
         for images, targets in progress:
             images = images.to(device, non_blocking=True)
+            if prepare_inputs is not None:
+                images = prepare_inputs(images)
+            images = images.contiguous(memory_format=memory_format)
             targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
-            with torch.autocast(device.type, enabled=use_amp):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 outputs = model(images)
             loss, parts = loss_fn(outputs, targets)
             optimizer.zero_grad(set_to_none=True)
@@ -172,7 +204,9 @@ def fit(
         row.update({name: total / len(loader) for name, total in totals.items()})
         history.append(row)
         log.info(
-            "epoch %d/%d  %s", epoch + 1, cfg.epochs,
+            "epoch %d/%d  %s",
+            epoch + 1,
+            cfg.epochs,
             "  ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"),
         )
         state = {
@@ -189,7 +223,9 @@ def fit(
             torch.save(state, tmp)
         if after_epoch is not None:
             after_epoch(epoch + 1)
-    return FitResult(history=history, checkpoint=checkpoint_path, device=str(device))
+    model.to(memory_format=torch.contiguous_format)
+    precision = str(amp_dtype).removeprefix("torch.") if amp_dtype else "float32"
+    return FitResult(history=history, checkpoint=checkpoint_path, device=f"{device} ({precision})")
 
 
 def plot_history(history: list[dict[str, float]], path: Path) -> Path:
@@ -247,7 +283,9 @@ class DetectorBundle:
     class_names: list[str]
 
 
-def save_detector(path: Path, model: TrafficQuantizerNet, model_cfg: ModelConfig, class_names: list[str]) -> Path:
+def save_detector(
+    path: Path, model: TrafficQuantizerNet, model_cfg: ModelConfig, class_names: list[str]
+) -> Path:
     """The released weights: model state and signature, no optimiser (small, loadable alone)."""
     state = {
         "format": CHECKPOINT_FORMAT,
@@ -307,8 +345,6 @@ def train_detector(
         split,
         input_size=model_cfg.input_size,
         output_stride=model.output_stride,
-        mean=model_cfg.mean,
-        std=model_cfg.std,
         augment=train_cfg.augment,
         seed=train_cfg.seed,
     )
@@ -319,11 +355,21 @@ def train_detector(
 
     log.info(
         "training TrafficQuantizerNet (%s classes, input %d, width %.2f) on %d images",
-        len(split.class_names), model_cfg.input_size, model_cfg.width_mult, len(split.images),
+        len(split.class_names),
+        model_cfg.input_size,
+        model_cfg.width_mult,
+        len(split.images),
     )
     result = fit(
-        model, dataset, loss_fn, train_cfg, checkpoint_path,
-        detector_signature(model_cfg, split.class_names), resume=resume, after_epoch=after_epoch,
+        model,
+        dataset,
+        loss_fn,
+        train_cfg,
+        checkpoint_path,
+        detector_signature(model_cfg, split.class_names),
+        resume=resume,
+        after_epoch=after_epoch,
+        prepare_inputs=InputNormalizer(model_cfg.mean, model_cfg.std),
     )
     model.cpu()
     model_path = save_detector(out_dir / "model.pt", model, model_cfg, split.class_names)

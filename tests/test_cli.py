@@ -16,7 +16,12 @@ from tests.conftest import REPO_ROOT
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "ops.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "ops.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -55,8 +60,9 @@ def test_bad_input_gives_one_clear_error_and_exit_code_2(tiny_params_file: Path)
     assert missing.returncode == 2
     assert "params file not found" in missing.stderr and "Traceback" not in missing.stderr
 
-    unknown = _cli("train", "traffic", "--params", str(tiny_params_file), "--set", "traffic.train.epohcs=1",
-                   cwd=workdir)
+    unknown = _cli(
+        "train", "traffic", "--params", str(tiny_params_file), "--set", "traffic.train.epohcs=1", cwd=workdir
+    )
     assert unknown.returncode == 2 and "unknown key 'epohcs'" in unknown.stderr
 
     no_data = _cli("evaluate", "traffic", "--params", str(tiny_params_file), cwd=workdir)

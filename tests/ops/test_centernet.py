@@ -30,7 +30,9 @@ def test_encode_then_decode_recovers_boxes_exactly():
     boxes = np.array([[10.0, 20.0, 42.0, 36.0], [60.0, 5.0, 70.0, 40.0]], dtype=np.float32)
     classes = np.array([2, 0])
     stride, out = 4, 32
-    targets = encode_targets(boxes, classes, num_classes=3, output_size=(out, out), stride=stride, max_objects=8)
+    targets = encode_targets(
+        boxes, classes, num_classes=3, output_size=(out, out), stride=stride, max_objects=8
+    )
     assert targets["mask"].sum() == 2
     # Build a perfect prediction from the targets and decode it.
     wh = np.zeros((1, 2, out, out), dtype=np.float32)
@@ -40,8 +42,11 @@ def test_encode_then_decode_recovers_boxes_exactly():
         wh[0, :, y, x] = targets["wh"][slot]
         offset[0, :, y, x] = targets["offset"][slot]
     decoded, scores, labels = decode_detections(
-        torch.from_numpy(targets["heatmap"][None]), torch.from_numpy(wh), torch.from_numpy(offset),
-        top_k=2, stride=stride,
+        torch.from_numpy(targets["heatmap"][None]),
+        torch.from_numpy(wh),
+        torch.from_numpy(offset),
+        top_k=2,
+        stride=stride,
     )
     assert scores.tolist() == [[1.0, 1.0]]
     order = np.argsort(labels[0].numpy())  # class 0 first
@@ -53,7 +58,9 @@ def test_decode_keeps_only_local_maxima_sorted_by_score():
     heatmap = torch.zeros(1, 1, 8, 8)
     heatmap[0, 0, 2, 2], heatmap[0, 0, 2, 3] = 0.9, 0.8  # 0.8 is next to a higher peak
     heatmap[0, 0, 6, 6] = 0.5
-    _, scores, _ = decode_detections(heatmap, torch.ones(1, 2, 8, 8), torch.zeros(1, 2, 8, 8), top_k=3, stride=4)
+    _, scores, _ = decode_detections(
+        heatmap, torch.ones(1, 2, 8, 8), torch.zeros(1, 2, 8, 8), top_k=3, stride=4
+    )
     assert scores[0, :2].tolist() == [0.8999999761581421, 0.5]
     assert scores[0, 2] == 0
 

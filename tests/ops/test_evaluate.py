@@ -7,7 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from ops.centernet import encode_targets
 from ops.data.coco import load_coco_split
+from ops.data.detection import letterbox_matrix, transform_boxes
 from ops.evaluate import (
     ImageDetections,
     coco_metrics,
@@ -15,8 +17,6 @@ from ops.evaluate import (
     evaluate_forward,
     to_coco_results,
 )
-from ops.centernet import encode_targets
-from ops.data.detection import letterbox_matrix, transform_boxes
 
 
 def _ground_truth_as_detections(split) -> list[ImageDetections]:
@@ -41,8 +41,10 @@ def test_wrong_classes_and_shifted_boxes_lower_the_score(tiny_dataset):
     split = load_coco_split(tiny_dataset, "val")
     detections = _ground_truth_as_detections(split)
     num_classes = len(split.class_names)
-    wrong = [ImageDetections(d.image_id, d.boxes, d.scores, (d.class_indices + 1) % num_classes)
-             for d in detections]
+    wrong = [
+        ImageDetections(d.image_id, d.boxes, d.scores, (d.class_indices + 1) % num_classes)
+        for d in detections
+    ]
     assert coco_metrics(split, to_coco_results(wrong, split)).summary["map50"] == 0.0
     # Shift every box by 30 % of its width: IoU ~0.54, counts at 0.5 but not at 0.75.
     shifted = []
@@ -70,8 +72,14 @@ def test_evaluate_forward_with_an_oracle_network(tiny_dataset, tiny_params, tmp_
             matrix = letterbox_matrix(record.width, record.height, size)
             boxes, keep = transform_boxes(record.boxes, matrix, size)
             classes = np.array([split.category_index(int(c)) for c in record.category_ids])
-            t = encode_targets(boxes[keep], classes[keep], len(split.class_names),
-                               (size // stride, size // stride), stride, 128)
+            t = encode_targets(
+                boxes[keep],
+                classes[keep],
+                len(split.class_names),
+                (size // stride, size // stride),
+                stride,
+                128,
+            )
             wh = np.zeros((2, size // stride, size // stride), np.float32)
             off = np.zeros_like(wh)
             for slot in np.flatnonzero(t["mask"]):
@@ -100,6 +108,8 @@ def test_decoded_boxes_map_back_through_the_letterbox():
     wh = np.zeros((1, 2, 16, 16), np.float32)
     wh[0, :, 8, 8] = (4.0, 2.0)  # 16 x 8 input pixels
     raw = {"heatmap": heatmap, "wh": wh, "offset": np.zeros_like(wh)}
-    [(boxes, scores, classes)] = decode_to_image(raw, [matrix], [(200, 100)], 64, top_k=5, score_threshold=0.5)
+    [(boxes, scores, classes)] = decode_to_image(
+        raw, [matrix], [(200, 100)], 64, top_k=5, score_threshold=0.5
+    )
     np.testing.assert_allclose(boxes, [[75.0, 37.5, 125.0, 62.5]], atol=1e-6)
     assert scores.tolist() == pytest.approx([0.9]) and classes.tolist() == [0]
