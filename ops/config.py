@@ -98,6 +98,9 @@ class TrainConfig(StrictModel):
         "(AVX512-BF16/AMX); ignored elsewhere."
     )
     channels_last: bool = Field(description="NHWC memory layout (faster convolutions on CPU and GPU).")
+    ema_decay: float = Field(
+        ge=0, lt=1, description="Exponential moving average of the weights per step; 0 disables."
+    )
     augment: AugmentConfig
     size_loss_weight: float = Field(ge=0, description="Weight of the L1 size loss (CenterNet: 0.1).")
     offset_loss_weight: float = Field(ge=0, description="Weight of the L1 offset loss (CenterNet: 1).")

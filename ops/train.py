@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -117,6 +118,7 @@ def check_signature(path: Path, saved: dict[str, Any], expected: dict[str, Any])
 
 @dataclass
 class FitResult:
+    model: torch.nn.Module  # the weights to release: the moving average when enabled
     history: list[dict[str, float]]
     checkpoint: Path
     device: str
@@ -154,6 +156,12 @@ def fit(
     )
     # Loss scaling guards float16's narrow range; bfloat16 has float32's range and needs none.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    # torch's own EMA (BN statistics averaged too, so no extra pass to recompute them).
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        if cfg.ema_decay > 0
+        else None
+    )
 
     start_epoch, history = 0, []
     if resume:
@@ -162,6 +170,8 @@ def fit(
         optimizer.load_state_dict(state["optimizer_state"])
         scheduler.load_state_dict(state["scheduler_state"])
         scaler.load_state_dict(state["scaler_state"])
+        if ema is not None:
+            ema.load_state_dict(state["ema_state"])
         start_epoch, history = state["epoch"], list(state["history"])
         log.info("resuming from %s after epoch %d/%d", checkpoint_path, start_epoch, cfg.epochs)
 
@@ -196,6 +206,8 @@ def fit(
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             parts["loss"] = loss.item()
             for name, value in parts.items():
                 totals[name] = totals.get(name, 0.0) + value
@@ -218,14 +230,18 @@ def fit(
             "optimizer_state": optimizer.state_dict(),
             "scheduler_state": scheduler.state_dict(),
             "scaler_state": scaler.state_dict(),
+            "ema_state": ema.state_dict() if ema is not None else None,
         }
         with atomic_path(checkpoint_path) as tmp:
             torch.save(state, tmp)
         if after_epoch is not None:
             after_epoch(epoch + 1)
-    model.to(memory_format=torch.contiguous_format)
+    released = ema.module if ema is not None else model
+    released.to(memory_format=torch.contiguous_format)
     precision = str(amp_dtype).removeprefix("torch.") if amp_dtype else "float32"
-    return FitResult(history=history, checkpoint=checkpoint_path, device=f"{device} ({precision})")
+    return FitResult(
+        model=released, history=history, checkpoint=checkpoint_path, device=f"{device} ({precision})"
+    )
 
 
 def plot_history(history: list[dict[str, float]], path: Path) -> Path:
@@ -371,8 +387,7 @@ def train_detector(
         after_epoch=after_epoch,
         prepare_inputs=InputNormalizer(model_cfg.mean, model_cfg.std),
     )
-    model.cpu()
-    model_path = save_detector(out_dir / "model.pt", model, model_cfg, split.class_names)
+    model_path = save_detector(out_dir / "model.pt", result.model.cpu(), model_cfg, split.class_names)
     history_path = write_json(out_dir / "history.json", result.history)
     curves_path = plot_history(result.history, out_dir / "training_curves.png")
     return TrainDetectorResult(
