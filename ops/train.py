@@ -170,7 +170,7 @@ def fit(
         optimizer.load_state_dict(state["optimizer_state"])
         scheduler.load_state_dict(state["scheduler_state"])
         scaler.load_state_dict(state["scaler_state"])
-        if ema is not None:
+        if ema is not None and state["ema_state"] is not None:
             ema.load_state_dict(state["ema_state"])
         start_epoch, history = state["epoch"], list(state["history"])
         log.info("resuming from %s after epoch %d/%d", checkpoint_path, start_epoch, cfg.epochs)
