@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ops.centernet import decode_detections
 from ops.config import EvaluateConfig, ModelConfig
 from ops.data.coco import CocoSplit, read_image_rgb
-from ops.data.detection import letterbox_matrix, normalize, warp_image
+from ops.data.detection import InputNormalizer, letterbox_matrix, warp_image
 from ops.io import save_figure, write_json
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ def detect_split(
     """Run ``forward`` over every image of ``split`` (letterboxed, as at training time)."""
     results: list[ImageDetections] = []
     images = split.images
+    normalizer = InputNormalizer(model_cfg.mean, model_cfg.std)  # the same code as training
     for start in tqdm(
         range(0, len(images), batch_size), desc="detect", unit="batch", leave=False, disable=None
     ):
@@ -99,12 +100,11 @@ def detect_split(
             pixels = read_image_rgb(record.path)
             height, width = pixels.shape[:2]
             matrix = letterbox_matrix(width, height, model_cfg.input_size)
-            batch.append(
-                normalize(warp_image(pixels, matrix, model_cfg.input_size), model_cfg.mean, model_cfg.std)
-            )
+            batch.append(warp_image(pixels, matrix, model_cfg.input_size))
             matrices.append(matrix)
             sizes.append((width, height))
-        raw = forward(np.stack(batch))
+        inputs = normalizer(torch.from_numpy(np.stack(batch))).contiguous().numpy()
+        raw = forward(inputs)
         decoded = decode_to_image(
             raw, matrices, sizes, model_cfg.input_size, eval_cfg.top_k, eval_cfg.score_threshold
         )

@@ -71,13 +71,6 @@ def transform_boxes(
     return xyxy.astype(np.float32), keep
 
 
-def normalize(image_rgb: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """uint8 HWC RGB -> float32 CHW, 0..1 scaled then mean/std normalised (the ONNX contract)."""
-    scaled = image_rgb.astype(np.float32) / 255.0
-    scaled = (scaled - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return np.ascontiguousarray(scaled.transpose(2, 0, 1))
-
-
 def jitter_colour(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
     """Random brightness and contrast, so lighting is not learnt as a class cue.
 
@@ -97,7 +90,10 @@ def jitter_colour(image: np.ndarray, strength: float, rng: np.random.Generator) 
 
 
 class InputNormalizer:
-    """uint8 NHWC batches -> normalised float NCHW (channels-last strides), on any device.
+    """uint8 NHWC RGB batches -> float NCHW, 0..1 scaled then mean/std normalised.
+
+    This is the ONNX contract's pre-processing, used by training and by evaluation of
+    every backend. The result has channels-last strides; call ``.contiguous()`` for NCHW.
 
     The dataset hands out uint8 pixels and normalisation runs once per batch here: a
     quarter of the bytes cross the DataLoader's process boundary, and the float maths is

@@ -11,7 +11,6 @@ from ops.data.detection import (
     DetectionDataset,
     InputNormalizer,
     letterbox_matrix,
-    normalize,
     random_affine_matrix,
     transform_boxes,
     warp_image,
@@ -20,13 +19,14 @@ from ops.data.detection import (
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def test_batch_normaliser_matches_the_per_image_one_used_by_every_backend():
+def test_normaliser_follows_the_onnx_contract():
+    """0..1 scaling then per-channel (x - mean) / std, RGB order, NCHW."""
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(2, 32, 48, 3), dtype=np.uint8)
     batched = InputNormalizer(MEAN, STD)(torch.from_numpy(images))
-    assert batched.shape == (2, 3, 32, 48)
-    for i in range(2):
-        np.testing.assert_allclose(batched[i].numpy(), normalize(images[i], MEAN, STD), atol=1e-5)
+    assert batched.shape == (2, 3, 32, 48) and batched.dtype == torch.float32
+    expected = (images / 255.0 - np.array(MEAN)) / np.array(STD)
+    np.testing.assert_allclose(batched.numpy(), expected.transpose(0, 3, 1, 2), atol=1e-5)
 
 
 def test_boxes_follow_the_pixels_through_zoom_shift_and_flip():
