@@ -190,12 +190,10 @@ def coco_metrics(split: CocoSplit, results: list[dict[str, Any]]) -> CocoMetrics
 
 def plot_pr_curves(metrics: CocoMetrics, class_names: list[str], path: Path) -> Path:
     """Precision-recall per class at IoU 0.5 (all areas, 100 detections)."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    fig = Figure(figsize=(5.5, 4.5))
+    ax = fig.subplots()
     if metrics.precision is not None:
         for k, name in enumerate(class_names):
             curve = metrics.precision[0, :, k, 0, -1]
@@ -216,17 +214,16 @@ def plot_sample_detections(
     split: CocoSplit, detections: list[ImageDetections], path: Path, count: int, min_score: float = 0.3
 ) -> Path:
     """A grid of validation images: ground truth dashed white, detections coloured by class."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
     count = max(1, min(count, len(detections)))
     cols = min(4, count)
     rows = (count + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
-    colours = plt.get_cmap("tab10")
+    fig = Figure(figsize=(3.2 * cols, 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    colours = colormaps["tab10"]
     names = split.class_names
     for ax, record, det in zip(axes.flat, split.images, detections, strict=False):
         ax.imshow(read_image_rgb(record.path))

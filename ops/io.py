@@ -38,10 +38,11 @@ def write_json(path: Path | str, data: Any) -> Path:
 
 
 def save_figure(fig: Any, path: Path | str, dpi: int = 110) -> Path:
-    """Save a matplotlib figure as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
+    """Save a matplotlib ``Figure`` as PNG atomically.
 
+    Plots are built on ``matplotlib.figure.Figure`` rather than pyplot: no global backend
+    switch inside a library call, no figure registry to close, safe without a display.
+    """
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
     return Path(path)

@@ -246,13 +246,11 @@ def fit(
 
 def plot_history(history: list[dict[str, float]], path: Path) -> Path:
     """Loss parts and learning rate per epoch, as one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     epochs = [row["epoch"] for row in history]
-    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    ax_loss, ax_lr = fig.subplots(1, 2)
     for name in [k for k in history[0] if k not in ("epoch", "lr")]:
         ax_loss.plot(epochs, [row[name] for row in history], marker="o", label=name)
     ax_loss.set_yscale("log")
