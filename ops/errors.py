@@ -21,3 +21,11 @@ class DatasetError(VisionForgeError):
 
 class CheckpointError(VisionForgeError):
     """A checkpoint is missing, corrupt, or was written by a different model config."""
+
+
+class ExportError(VisionForgeError):
+    """A model file (ONNX, quantised ONNX) is missing, corrupt, or breaks the I/O contract."""
+
+
+class EngineError(VisionForgeError):
+    """A TensorRT engine is missing, corrupt, or was built for another GPU / TensorRT version."""
