@@ -112,11 +112,59 @@ class EvaluateConfig(StrictModel):
     num_sample_images: int = Field(ge=0, description="Images in the sample-detections grid.")
 
 
+class ExportConfig(StrictModel):
+    opset: int = Field(ge=17, description="ONNX opset of the exported model.")
+    parity_images: int = Field(gt=0, description="Validation images the parity check runs on.")
+
+
+class QuantizeConfig(StrictModel):
+    """ONNX Runtime static INT8 quantisation (QDQ, int8 weights, uint8 activations)."""
+
+    calibration_images: int = Field(gt=0, description="Training images used for calibration.")
+    calibration_method: Literal["minmax", "entropy", "percentile"] = Field(
+        description="How activation ranges are chosen from the calibration data."
+    )
+    per_channel: bool = Field(description="One weight scale per output channel (recommended).")
+    keep_outputs_float: bool = Field(
+        description="Leave the heads' last layers (and the heatmap sigmoid) in float: they are "
+        "tiny, and int8 steps in scores and box sizes cost accuracy."
+    )
+    exclude_nodes: list[str] = Field(description="Further ONNX node names to leave in float.")
+
+
+class TensorRTConfig(StrictModel):
+    precisions: list[Literal["fp16", "int8"]] = Field(description="Engines to build.")
+    opt_batch: int = Field(gt=0, description="Batch size the engine is tuned for.")
+    max_batch: int = Field(gt=0, description="Largest batch the engine accepts.")
+    workspace_mib: int = Field(gt=0, description="Builder workspace memory limit.")
+
+
+class BenchmarkConfig(StrictModel):
+    threads: int = Field(gt=0, description="CPU threads every backend gets (the same for all).")
+    batch_size: int = Field(gt=0)
+    warmup: int = Field(ge=0, description="Untimed runs per backend before measuring.")
+    runs: int = Field(gt=0, description="Timed runs per backend, interleaved across backends.")
+    compile: bool = Field(description="Include torch.compile as a baseline (costs compile time).")
+
+
+class ValidationConfig(StrictModel):
+    """Release gates: how much a deployable backend may lose against PyTorch."""
+
+    max_map50_drop_onnx: float = Field(ge=0, description="ONNX FP32 and INT8, mAP@0.5 points / 100.")
+    max_map50_drop_tensorrt: float = Field(ge=0, description="TensorRT engines, mAP@0.5 / 100.")
+    min_output_cosine: float = Field(ge=0, le=1, description="FP32 ONNX vs PyTorch output similarity.")
+
+
 class TrafficConfig(StrictModel):
     dataset: DatasetConfig
     model: ModelConfig
     train: TrainConfig
     evaluate: EvaluateConfig
+    export: ExportConfig
+    quantize: QuantizeConfig
+    tensorrt: TensorRTConfig
+    benchmark: BenchmarkConfig
+    validation: ValidationConfig
 
 
 class Params(StrictModel):

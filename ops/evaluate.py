@@ -1,8 +1,8 @@
 """Decoding raw detector outputs into detections, and COCO evaluation with pycocotools.
 
-Evaluation is backend-neutral: it takes a ``RawForward`` (a batch of normalised NCHW
-float32 images in, ``heatmap``/``wh``/``offset`` arrays out), so PyTorch, ONNX Runtime and
-TensorRT are all scored by the same code and the same pycocotools call.
+Evaluation is backend-neutral: it takes a :class:`~ops.runtime.Predictor` (a batch of
+normalised NCHW float32 images in, ``heatmap``/``wh``/``offset`` arrays out), so PyTorch,
+ONNX Runtime and TensorRT are all scored by the same code and the same pycocotools call.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,27 +21,13 @@ from tqdm import tqdm
 from ops.centernet import decode_detections
 from ops.config import EvaluateConfig, ModelConfig
 from ops.data.coco import CocoSplit, read_image_rgb
-from ops.data.detection import InputNormalizer, letterbox_matrix, warp_image
+from ops.data.detection import InputNormalizer, prepare_images
 from ops.io import save_figure, write_json
+from ops.runtime import Predictor
 
 log = logging.getLogger(__name__)
 
-RawForward = Callable[[np.ndarray], dict[str, np.ndarray]]
-OUTPUT_NAMES = ("heatmap", "wh", "offset")
 EVAL_BATCH_SIZE = 8
-
-
-def torch_forward(model: torch.nn.Module) -> RawForward:
-    """Wrap a PyTorch detector as a :data:`RawForward` (eval mode, no autograd)."""
-    model.eval()
-    device = next(model.parameters()).device
-
-    def forward(batch: np.ndarray) -> dict[str, np.ndarray]:
-        with torch.inference_mode():
-            outputs = model(torch.from_numpy(batch).to(device))
-        return {name: outputs[name].float().cpu().numpy() for name in OUTPUT_NAMES}
-
-    return forward
 
 
 @dataclass(frozen=True)
@@ -81,32 +66,32 @@ def decode_to_image(
 
 
 def detect_split(
-    forward: RawForward,
+    predictor: Predictor,
     split: CocoSplit,
     model_cfg: ModelConfig,
     eval_cfg: EvaluateConfig,
     batch_size: int = EVAL_BATCH_SIZE,
 ) -> list[ImageDetections]:
-    """Run ``forward`` over every image of ``split`` (letterboxed, as at training time)."""
+    """Run ``predictor`` over every image of ``split`` (letterboxed, as at training time)."""
     results: list[ImageDetections] = []
     images = split.images
     normalizer = InputNormalizer(model_cfg.mean, model_cfg.std)  # the same code as training
     for start in tqdm(
-        range(0, len(images), batch_size), desc="detect", unit="batch", leave=False, disable=None
+        range(0, len(images), batch_size),
+        desc=f"detect ({predictor.backend})",
+        unit="batch",
+        leave=False,
+        disable=None,
     ):
         records = images[start : start + batch_size]
-        batch, matrices, sizes = [], [], []
-        for record in records:
-            pixels = read_image_rgb(record.path)
-            height, width = pixels.shape[:2]
-            matrix = letterbox_matrix(width, height, model_cfg.input_size)
-            batch.append(warp_image(pixels, matrix, model_cfg.input_size))
-            matrices.append(matrix)
-            sizes.append((width, height))
-        inputs = normalizer(torch.from_numpy(np.stack(batch))).contiguous().numpy()
-        raw = forward(inputs)
+        batch = prepare_images([read_image_rgb(r.path) for r in records], model_cfg.input_size, normalizer)
         decoded = decode_to_image(
-            raw, matrices, sizes, model_cfg.input_size, eval_cfg.top_k, eval_cfg.score_threshold
+            predictor(batch.inputs),
+            batch.matrices,
+            batch.sizes,
+            model_cfg.input_size,
+            eval_cfg.top_k,
+            eval_cfg.score_threshold,
         )
         for record, (boxes, scores, classes) in zip(records, decoded, strict=True):
             results.append(ImageDetections(record.id, boxes, scores, classes))
@@ -248,21 +233,21 @@ def plot_sample_detections(
     return save_figure(fig, path)
 
 
-def evaluate_forward(
-    forward: RawForward,
+def evaluate_predictor(
+    predictor: Predictor,
     split: CocoSplit,
     model_cfg: ModelConfig,
     eval_cfg: EvaluateConfig,
     out_dir: Path,
     metrics_path: Path,
-    backend: str,
 ) -> dict[str, Any]:
     """Detect, score with pycocotools, and write results JSON, plots and the metrics file.
 
     ``metrics_path`` (``artifacts/<task>/metrics/<backend>.json``) holds ``map50`` and
     ``map50_95`` as fractions in 0..1: the one format every later tool reads.
     """
-    detections = detect_split(forward, split, model_cfg, eval_cfg)
+    backend = predictor.backend
+    detections = detect_split(predictor, split, model_cfg, eval_cfg)
     results = to_coco_results(detections, split)
     write_json(out_dir / "detections.json", results)
     metrics = coco_metrics(split, results)

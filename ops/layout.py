@@ -41,3 +41,50 @@ class TaskLayout:
 
     def evaluation(self, backend: str) -> Path:
         return self.root / "eval" / backend
+
+    @property
+    def onnx_dir(self) -> Path:
+        return self.root / "onnx"
+
+    @property
+    def onnx(self) -> Path:
+        return self.onnx_dir / "model.onnx"
+
+    @property
+    def program(self) -> Path:
+        return self.onnx_dir / "model.pt2"
+
+    @property
+    def parity(self) -> Path:
+        return self.onnx_dir / "parity.json"
+
+    @property
+    def int8_dir(self) -> Path:
+        return self.root / "int8"
+
+    @property
+    def onnx_int8(self) -> Path:
+        return self.int8_dir / "model_int8.onnx"
+
+    @property
+    def quantization_report(self) -> Path:
+        return self.int8_dir / "quantization.json"
+
+    @property
+    def tensorrt_dir(self) -> Path:
+        return self.root / "tensorrt"
+
+    def engine(self, precision: str) -> Path:
+        return self.tensorrt_dir / f"model_{precision}.engine"
+
+    @property
+    def tensorrt_report(self) -> Path:
+        return self.tensorrt_dir / "build.json"
+
+    @property
+    def benchmark_dir(self) -> Path:
+        return self.root / "benchmark"
+
+    @property
+    def validation(self) -> Path:
+        return self.root / "validation" / "gates.json"

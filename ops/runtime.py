@@ -8,9 +8,16 @@ benchmark only ever see this interface, so no code special-cases a backend.
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import torch
+
+from ops.errors import ExportError
+
+log = logging.getLogger(__name__)
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("heatmap", "wh", "offset")
@@ -22,3 +29,83 @@ class Predictor(Protocol):
     backend: str
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+class TorchPredictor:
+    """PyTorch eager (optionally channels-last or ``torch.compile``d), no autograd."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        backend: str = "pytorch",
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
+        self.backend = backend
+        model = model.eval()
+        self.device = next(model.parameters()).device
+        self.channels_last = channels_last
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = torch.compile(model) if compile else model
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        inputs = torch.from_numpy(batch).to(self.device)
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            outputs = self.model(inputs)
+        return {name: outputs[name].float().cpu().numpy() for name in OUTPUT_NAMES}
+
+
+def ort_session_options(threads: int | None):
+    """ONNX Runtime options shared by every session: full graph optimisation, and no thread
+    spinning, so a session does not keep cores busy after a call (the benchmark interleaves
+    backends, and spinning threads would steal time from whichever runs next)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3  # errors only: ORT warns about every benign optimiser choice
+    return options
+
+
+class OnnxRuntimePredictor:
+    """An ONNX model (FP32 or QDQ INT8) in ONNX Runtime; refuses files that break the contract."""
+
+    def __init__(
+        self,
+        path: Path,
+        backend: str = "onnx",
+        threads: int | None = None,
+        providers: tuple[str, ...] = ("CPUExecutionProvider",),
+    ) -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise ExportError(f"{path}: ONNX model not found")
+        try:
+            self.session = ort.InferenceSession(
+                str(path), ort_session_options(threads), providers=list(providers)
+            )
+        except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf types for bad files
+            raise ExportError(f"{path}: ONNX Runtime cannot load this model ({exc})") from None
+        inputs = [i.name for i in self.session.get_inputs()]
+        outputs = [o.name for o in self.session.get_outputs()]
+        if inputs != [INPUT_NAME] or sorted(outputs) != sorted(OUTPUT_NAMES):
+            raise ExportError(
+                f"{path}: inputs {inputs} / outputs {outputs} do not match the detector contract "
+                f"(input {INPUT_NAME!r}; outputs {list(OUTPUT_NAMES)})"
+            )
+        self.path = path
+        self.backend = backend
+        self.providers = self.session.get_providers()
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        values = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(batch, np.float32)})
+        return dict(zip(OUTPUT_NAMES, values, strict=True))

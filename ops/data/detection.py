@@ -7,6 +7,8 @@ the same matrix, so boxes can never drift from the pixels they describe.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 import torch
@@ -107,6 +109,32 @@ class InputNormalizer:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         pixels = images.permute(0, 3, 1, 2).float()
         return (pixels - self.mean.to(pixels.device)) / self.std.to(pixels.device)
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """Network-ready inputs plus what maps detections back into each original image."""
+
+    inputs: np.ndarray  # float32 NCHW, the ONNX contract's ``images``
+    matrices: list[np.ndarray]  # letterbox matrix of each image (original -> input pixels)
+    sizes: list[tuple[int, int]]  # (width, height) of each original image
+
+
+def prepare_images(images: list[np.ndarray], input_size: int, normalizer: InputNormalizer) -> PreparedBatch:
+    """Letterbox and normalise RGB uint8 images exactly as training saw them.
+
+    Evaluation, calibration and parity checks of every backend feed the network through
+    this one function, so no backend gets subtly different inputs.
+    """
+    warped, matrices, sizes = [], [], []
+    for pixels in images:
+        height, width = pixels.shape[:2]
+        matrix = letterbox_matrix(width, height, input_size)
+        warped.append(warp_image(pixels, matrix, input_size))
+        matrices.append(matrix)
+        sizes.append((width, height))
+    inputs = normalizer(torch.from_numpy(np.stack(warped))).contiguous().numpy()
+    return PreparedBatch(inputs, matrices, sizes)
 
 
 class DetectionDataset(Dataset):

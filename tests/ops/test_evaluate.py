@@ -14,7 +14,7 @@ from ops.evaluate import (
     ImageDetections,
     coco_metrics,
     decode_to_image,
-    evaluate_forward,
+    evaluate_predictor,
     to_coco_results,
 )
 
@@ -57,7 +57,7 @@ def test_wrong_classes_and_shifted_boxes_lower_the_score(tiny_dataset):
     assert summary["map75"] < 0.2 < summary["map50"]
 
 
-def test_evaluate_forward_with_an_oracle_network(tiny_dataset, tiny_params, tmp_path):
+def test_evaluate_predictor_with_an_oracle_network(tiny_dataset, tiny_params, tmp_path):
     """A 'network' that outputs the encoded ground truth must reach mAP ~1 end to end:
     letterbox, decode, mapping back to image pixels and pycocotools all agree."""
     split = load_coco_split(tiny_dataset, "val")
@@ -90,8 +90,9 @@ def test_evaluate_forward_with_an_oracle_network(tiny_dataset, tiny_params, tmp_
             outputs["offset"].append(off)
         return {k: np.stack(v) for k, v in outputs.items()}
 
+    oracle.backend = "oracle"
     metrics_path = tmp_path / "metrics" / "oracle.json"
-    summary = evaluate_forward(oracle, split, model_cfg, eval_cfg, tmp_path / "eval", metrics_path, "oracle")
+    summary = evaluate_predictor(oracle, split, model_cfg, eval_cfg, tmp_path / "eval", metrics_path)
     # Two objects of one class can share an output cell; allow that rare loss.
     assert summary["map50"] > 0.95
     written = json.loads(metrics_path.read_text())

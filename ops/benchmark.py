@@ -1,0 +1,158 @@
+"""Latency of every available backend, measured side by side in one run.
+
+Fairness rules: the same input batch for every backend, the same thread count, warm-up
+runs excluded, and runs interleaved (round-robin, order rotated every round) so that
+machine noise - another process, thermal throttling - hits all backends alike instead of
+whichever happened to run during the noisy minute.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ops.io import save_figure
+from ops.runtime import Predictor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BackendRow:
+    """One line of the benchmark table."""
+
+    backend: str
+    latencies_ms: list[float] = field(default_factory=list)
+    batch_size: int = 1
+    size_bytes: int | None = None
+    map50: float | None = None
+    map50_95: float | None = None
+    note: str = ""
+
+    @property
+    def p50(self) -> float:
+        return float(np.percentile(self.latencies_ms, 50))
+
+    @property
+    def p95(self) -> float:
+        return float(np.percentile(self.latencies_ms, 95))
+
+    @property
+    def fps(self) -> float:
+        return 1000.0 * self.batch_size / self.p50
+
+    def to_dict(self, reference: BackendRow | None) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "backend": self.backend,
+            "latency_p50_ms": round(self.p50, 2),
+            "latency_p95_ms": round(self.p95, 2),
+            "fps": round(self.fps, 2),
+            "speedup_vs_pytorch": round(reference.p50 / self.p50, 2) if reference else None,
+            "size_mb": round(self.size_bytes / 1e6, 3) if self.size_bytes else None,
+            "map50": self.map50,
+            "map50_95": self.map50_95,
+            "map50_delta_vs_pytorch": (
+                round(self.map50 - reference.map50, 4)
+                if reference and reference.map50 is not None and self.map50 is not None
+                else None
+            ),
+            "runs": len(self.latencies_ms),
+            "note": self.note,
+        }
+        return row
+
+
+def measure_interleaved(
+    predictors: Mapping[str, Predictor | Callable[[np.ndarray], Any]],
+    batch: np.ndarray,
+    warmup: int,
+    runs: int,
+) -> dict[str, list[float]]:
+    """Milliseconds per call of each predictor on ``batch``: ``warmup`` untimed calls each,
+    then ``runs`` rounds of one timed call per predictor, the order rotated every round."""
+    names = list(predictors)
+    for name in names:
+        for _ in range(warmup):
+            predictors[name](batch)
+    timings: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in tqdm(range(runs), desc="benchmark", unit="round", disable=None):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            predictors[name](batch)
+            timings[name].append((time.perf_counter() - start) * 1000.0)
+    return timings
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A fixed-width text table of :meth:`BackendRow.to_dict` rows."""
+    columns = [
+        ("backend", "backend", "{}"),
+        ("p50 ms", "latency_p50_ms", "{:.1f}"),
+        ("p95 ms", "latency_p95_ms", "{:.1f}"),
+        ("FPS", "fps", "{:.1f}"),
+        ("x PyTorch", "speedup_vs_pytorch", "{:.2f}"),
+        ("mAP@0.5", "map50", "{:.4f}"),
+        ("delta", "map50_delta_vs_pytorch", "{:+.4f}"),
+        ("MB", "size_mb", "{:.2f}"),
+    ]
+    cells = [[title for title, _, _ in columns]]
+    for row in rows:
+        cells.append([("-" if row.get(key) is None else fmt.format(row[key])) for _, key, fmt in columns])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def plot_benchmark(rows: list[dict[str, Any]], title: str, path: Path) -> Path:
+    """Latency bars per backend and, where accuracy is known, mAP@0.5 against FPS."""
+    from matplotlib.figure import Figure
+
+    with_map = [r for r in rows if r.get("map50") is not None]
+    fig = Figure(figsize=(11 if with_map else 6, 4.2))
+    axes = fig.subplots(1, 2 if with_map else 1, squeeze=False)[0]
+    names = [r["backend"] for r in rows]
+    p50 = [r["latency_p50_ms"] for r in rows]
+    p95 = [r["latency_p95_ms"] for r in rows]
+    y = np.arange(len(rows))
+    axes[0].barh(y, p95, color="#c7d7ea", label="p95")
+    axes[0].barh(y, p50, color="#3b6ea5", label="p50")
+    axes[0].set_yticks(y, names)
+    axes[0].invert_yaxis()
+    axes[0].set_xlabel("latency per batch (ms)")
+    axes[0].legend(loc="lower right", fontsize=8)
+    axes[0].grid(axis="x", alpha=0.3)
+    for i, row in enumerate(rows):
+        if row.get("speedup_vs_pytorch"):
+            axes[0].text(
+                row["latency_p50_ms"], i, f" {row['speedup_vs_pytorch']:.2f}x", va="center", fontsize=8
+            )
+    if with_map:
+        ax = axes[1]
+        for row in with_map:
+            ax.scatter(row["fps"], row["map50"], s=40)
+            ax.annotate(
+                row["backend"],
+                (row["fps"], row["map50"]),
+                fontsize=8,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
+        ax.set_xlabel("throughput (FPS)")
+        ax.set_ylabel("mAP@0.5")
+        ax.set_title("accuracy vs speed")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -1,0 +1,203 @@
+"""INT8 post-training quantisation with ONNX Runtime's static quantiser (QDQ format).
+
+Weights are int8 per output channel, activations uint8 with ranges calibrated on training
+images (never validation images: those judge the result). The model is quantised in the
+QDQ format, which ONNX Runtime fuses into integer kernels (VNNI on CPUs that have it) and
+TensorRT reads as explicit quantisation, so one file serves both.
+
+What runs in integer arithmetic is not taken on trust: the report lists the operators of
+the graph ONNX Runtime actually executes after its fusions, and which nodes stayed float.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ops.config import ModelConfig, QuantizeConfig
+from ops.data.coco import CocoSplit, read_image_rgb
+from ops.data.detection import InputNormalizer, prepare_images
+from ops.errors import ExportError
+from ops.export import read_onnx_metadata
+from ops.io import atomic_path
+from ops.runtime import INPUT_NAME, ort_session_options
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_BATCH_SIZE = 8
+# Operators that do arithmetic; their presence in float in the executed graph means work
+# that did not reach the integer kernels.
+COMPUTE_OPS = {"Conv", "ConvTranspose", "FusedConv", "Add", "Sigmoid", "MatMul", "Gemm", "NchwcConv"}
+
+
+def calibration_batches(
+    split: CocoSplit,
+    model_cfg: ModelConfig,
+    num_images: int,
+    seed: int = 0,
+    batch_size: int = CALIBRATION_BATCH_SIZE,
+) -> list[np.ndarray]:
+    """A fixed, seeded sample of ``split``'s images, pre-processed exactly as at inference."""
+    count = min(num_images, len(split.images))
+    picked = np.random.default_rng(seed).choice(len(split.images), size=count, replace=False)
+    records = [split.images[i] for i in sorted(picked)]
+    normalizer = InputNormalizer(model_cfg.mean, model_cfg.std)
+    return [
+        prepare_images(
+            [read_image_rgb(r.path) for r in records[start : start + batch_size]],
+            model_cfg.input_size,
+            normalizer,
+        ).inputs
+        for start in range(0, len(records), batch_size)
+    ]
+
+
+def check_calibration_batches(batches: Sequence[np.ndarray], input_size: int) -> None:
+    """Refuse calibration data that does not match the network input, naming the batch."""
+    if not batches:
+        raise ExportError("no calibration batches: the calibration split is empty")
+    expected = (3, input_size, input_size)
+    for index, batch in enumerate(batches):
+        if batch.dtype != np.float32 or batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
+            raise ExportError(
+                f"calibration batch {index} is {batch.dtype} {tuple(batch.shape)}, but the network "
+                f"input {INPUT_NAME!r} takes float32 (N, {', '.join(map(str, expected))})"
+            )
+
+
+class _BatchReader:
+    """ONNX Runtime's CalibrationDataReader protocol over a list of batches."""
+
+    def __init__(self, batches: Sequence[np.ndarray]) -> None:
+        self._batches = iter(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {INPUT_NAME: batch}
+
+
+def output_layer_nodes(model_path: Path) -> list[str]:
+    """Names of the nodes that produce the graph outputs, back to and including each head's
+    last convolution (e.g. ``Conv -> Sigmoid`` for the heatmap, ``Conv`` for wh/offset)."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    names: list[str] = []
+    for output in graph.output:
+        node = producer.get(output.name)
+        while node is not None:
+            names.append(node.name)
+            if node.op_type in ("Conv", "ConvTranspose"):
+                break
+            node = producer.get(node.input[0])
+    return names
+
+
+def executed_operators(model_path: Path) -> collections.Counter[str]:
+    """Operator counts of the graph ONNX Runtime really runs, after its fusions."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        optimised = Path(tmp) / "optimised.onnx"
+        options = ort_session_options(threads=1)
+        options.optimized_model_filepath = str(optimised)
+        ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(str(optimised), load_external_data=False).graph
+    return collections.Counter(node.op_type for node in graph.node)
+
+
+@dataclass(frozen=True)
+class QuantizationReport:
+    path: Path
+    calibration_method: str
+    calibration_images: int
+    per_channel: bool
+    excluded_nodes: list[str]
+    executed_ops: dict[str, int]
+    float_compute_ops: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "calibration_method": self.calibration_method,
+            "calibration_images": self.calibration_images,
+            "per_channel": self.per_channel,
+            "excluded_nodes": self.excluded_nodes,
+            "executed_ops": self.executed_ops,
+            "float_compute_ops": self.float_compute_ops,
+        }
+
+
+def quantize_int8(
+    onnx_path: Path,
+    out_path: Path,
+    batches: Sequence[np.ndarray],
+    cfg: QuantizeConfig,
+) -> QuantizationReport:
+    """Statically quantise ``onnx_path`` to QDQ INT8 at ``out_path`` (written atomically)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    metadata = read_onnx_metadata(onnx_path)  # also refuses a corrupt or foreign model
+    check_calibration_batches(batches, metadata.input_size)
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[cfg.calibration_method]
+    with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        # Shape inference and graph clean-up first, as ONNX Runtime recommends for quantisation.
+        quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
+        excluded = list(cfg.exclude_nodes)
+        if cfg.keep_outputs_float:
+            excluded += [name for name in output_layer_nodes(prepared) if name not in excluded]
+        quantized = Path(tmp) / "quantized.onnx"
+        log.info(
+            "quantising %s: %s calibration on %d images, %d nodes kept float",
+            onnx_path,
+            cfg.calibration_method,
+            sum(len(b) for b in batches),
+            len(excluded),
+        )
+        quantize_static(
+            str(prepared),
+            str(quantized),
+            _BatchReader(batches),
+            quant_format=QuantFormat.QDQ,
+            per_channel=cfg.per_channel,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded,
+            calibrate_method=method,
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+        model = onnx.load(str(quantized))
+        del model.metadata_props[:]
+        for key, value in metadata.to_props().items():  # the quantiser drops them
+            model.metadata_props.add(key=key, value=value)
+        with atomic_path(out_path) as final:
+            onnx.save_model(model, str(final))
+    executed = executed_operators(out_path)
+    float_ops = {op: n for op, n in sorted(executed.items()) if op in COMPUTE_OPS}
+    report = QuantizationReport(
+        path=out_path,
+        calibration_method=cfg.calibration_method,
+        calibration_images=sum(len(b) for b in batches),
+        per_channel=cfg.per_channel,
+        excluded_nodes=excluded,
+        executed_ops=dict(sorted(executed.items())),
+        float_compute_ops=float_ops,
+    )
+    log.info("INT8 model %s; float compute left: %s", out_path, float_ops or "none")
+    return report
