@@ -1,0 +1,471 @@
+"""One factory builds a task's whole asset chain, so the tasks cannot drift apart.
+
+``build_task_assets("traffic")`` returns the assets ``traffic/dataset`` -> ``traffic/model`` ->
+``traffic/onnx`` -> ``traffic/int8`` -> ``traffic/tensorrt`` -> ``traffic/validation`` ->
+``traffic/release``. Each one is a thin call into the task's ``ops`` module (``ops.<task>``:
+``ingest``, ``train``, ``evaluate``, ``export``, ``quantize``, ``build_engines``, ``validate``)
+that turns the step's report into metadata and asset-check results. Decisions (is a gate
+passed, what a release needs) are made by ``ops``; here they are only shown and enforced.
+"""
+
+import importlib
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    Config,
+    DataVersion,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from pydantic import Field
+
+from assets.metadata import file_entries, image_md, md_table, numeric, plots
+from assets.resources import ParamsResource
+from assets.versioning import dataset_content_hash
+from ops.errors import DatasetError
+from ops.export import sha256_file
+from ops.gates import cosine_gate
+from ops.layout import TaskLayout
+
+STAGES = ("dataset", "model", "onnx", "int8", "tensorrt", "validation", "release")
+
+# The release gates each task's ``validate`` judges, by the names it reports them under. They
+# become asset checks of ``<task>/validation``; Dagster needs them before the first run.
+TASK_GATES: dict[str, tuple[str, ...]] = {
+    "traffic": (
+        "output_cosine_onnx",
+        "map50_drop_onnx",
+        "map50_drop_onnx-int8",
+        "map50_drop_trt-fp16",
+        "map50_drop_trt-int8",
+    ),
+}
+
+GATE_DESCRIPTIONS = {
+    "output_cosine_onnx": "Lowest cosine similarity of the FP32 ONNX model's outputs to PyTorch's "
+    "must reach validation.min_output_cosine.",
+    "map50_drop_onnx": "mAP@0.5 lost by the FP32 ONNX model against PyTorch must stay below "
+    "validation.max_map50_drop_onnx.",
+    "map50_drop_onnx-int8": "mAP@0.5 lost by the INT8 ONNX model against PyTorch must stay below "
+    "validation.max_map50_drop_onnx.",
+    "map50_drop_trt-fp16": "mAP@0.5 lost by the TensorRT FP16 engine against PyTorch must stay below "
+    "validation.max_map50_drop_tensorrt (skipped, and not blocking, without a GPU).",
+    "map50_drop_trt-int8": "mAP@0.5 lost by the TensorRT INT8 engine against PyTorch must stay below "
+    "validation.max_map50_drop_tensorrt (skipped, and not blocking, without a GPU).",
+}
+
+
+def check_name(gate_name: str) -> str:
+    """Dagster check names allow letters, digits and underscores only (``onnx-int8`` has a dash)."""
+    return gate_name.replace("-", "_")
+
+
+class TrainRunConfig(Config):
+    """Per-run options of the training asset (launchpad: ``ops: <task>__model: config:``)."""
+
+    resume: bool = Field(
+        default=False,
+        description="Continue from the last epoch checkpoint of an interrupted training run "
+        "instead of starting over.",
+    )
+
+
+class ValidationRunConfig(Config):
+    """Per-run options of the validation asset."""
+
+    benchmark: bool = Field(
+        default=True,
+        description="Also time every backend side by side (latency, FPS) when the task has a "
+        "benchmark step; costs a minute on a small CPU.",
+    )
+
+
+def _gate_result(gate: Mapping[str, Any], asset_key: AssetKey, name: str | None = None) -> AssetCheckResult:
+    """A gate as a check result: a failed gate fails (ERROR, blocking); a skipped one passes, saying why."""
+    status = "skipped" if gate["skipped"] else ("passed" if gate["passed"] else "failed")
+    value = gate["value"]
+    metadata: dict[str, Any] = {
+        "status": MetadataValue.text(status),
+        "value": MetadataValue.float(float(value)) if value is not None else MetadataValue.text("n/a"),
+        "threshold": MetadataValue.float(float(gate["threshold"])),
+        "rule": MetadataValue.text(f"value {gate['comparison']} {gate['threshold']}"),
+        "detail": MetadataValue.text(gate["detail"]),
+    }
+    if gate["skipped"]:
+        metadata["note"] = MetadataValue.text(f"skipped: {gate['detail']}")
+    return AssetCheckResult(
+        asset_key=asset_key,
+        check_name=name or check_name(gate["name"]),
+        passed=bool(gate["passed"]),
+        severity=AssetCheckSeverity.ERROR,
+        metadata=metadata,
+        description=f"{status}: {gate['detail']}",
+    )
+
+
+def _integrity_result(
+    asset_key: AssetKey, reports: Mapping[str, Any] | None, error: str | None
+) -> AssetCheckResult:
+    """The dataset is usable for training: it loaded cleanly, and every split has boxes of every class."""
+    problems = [error] if error else []
+    rows = []
+    for split, report in (reports or {}).items():
+        counts = report["class_counts"]
+        if report["num_images"] == 0 or report["num_annotations"] == 0:
+            problems.append(f"{split}: {report['num_images']} images, {report['num_annotations']} boxes")
+        missing = sorted(name for name, count in counts.items() if count == 0)
+        if split == "train" and missing:
+            problems.append(f"train: no boxes of class {', '.join(missing)}")
+        rows.append([split, report["num_images"], report["num_annotations"], report["truncated_boxes"]])
+    metadata: dict[str, Any] = {"problems": MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none")}
+    if rows:
+        metadata["splits"] = md_table(["split", "images", "boxes", "boxes cut by the border"], rows)
+    return AssetCheckResult(
+        asset_key=asset_key,
+        check_name="integrity",
+        passed=not problems,
+        severity=AssetCheckSeverity.ERROR,
+        metadata=metadata,
+        description="every image and annotation valid; both splits non-empty; every class has training boxes"
+        if not problems
+        else "; ".join(problems),
+    )
+
+
+def build_task_assets(task: str) -> list[AssetsDefinition]:
+    """The chain of ``task`` as Dagster assets keyed ``<task>/<stage>``, checks attached."""
+    steps = importlib.import_module(f"ops.{task}")
+    gates = TASK_GATES[task]
+
+    def key(stage: str) -> AssetKey:
+        return AssetKey([task, stage])
+
+    common: dict[str, Any] = {"key_prefix": [task], "group_name": task}
+
+    @asset(
+        name="dataset",
+        kinds={"python"},
+        description=f"The {task} dataset in its official layout, validated, with its report. "
+        "Data version: a content hash of the dataset directory.",
+        check_specs=[
+            AssetCheckSpec(
+                "integrity",
+                asset=key("dataset"),
+                blocking=True,
+                description="Every image and annotation is valid, both splits have boxes, every "
+                "class has training boxes.",
+            )
+        ],
+        **common,
+    )
+    def dataset(context: AssetExecutionContext, params: ParamsResource) -> MaterializeResult:
+        cfg = params.load(task)
+        root = getattr(cfg, task).dataset.root
+        try:
+            reports, error = steps.ingest(cfg), None
+        except DatasetError as exc:  # shown as the failed integrity check, which blocks the chain
+            reports, error = None, str(exc)
+        version = dataset_content_hash(root) if root.is_dir() else "missing"
+        context.log.info(f"{task}/dataset: data version {version[:12]}")
+        metadata: dict[str, Any] = {
+            "data_version": MetadataValue.text(version),
+            **file_entries("dataset", root),
+        }
+        for split, report in (reports or {}).items():
+            metadata[f"{split}_images"] = MetadataValue.int(report["num_images"])
+            metadata[f"{split}_annotations"] = MetadataValue.int(report["num_annotations"])
+            metadata[f"{split}_objects_per_image_mean"] = MetadataValue.float(
+                report["objects_per_image"]["mean"]
+            )
+            metadata[f"{split}_class_counts"] = MetadataValue.json(report["class_counts"])
+            metadata[f"{split}_report"] = MetadataValue.path(report["files"]["json"])
+            metadata.update(plots({f"box_sizes_{split}": report["files"]["png"]}))
+        return MaterializeResult(
+            metadata=metadata,
+            data_version=DataVersion(version),
+            check_results=[_integrity_result(key("dataset"), reports, error)],
+        )
+
+    @asset(
+        name="model",
+        deps=[dataset],
+        kinds={"pytorch"},
+        description="The trained PyTorch detector (released weights) with its training curves "
+        "and its mAP on the validation split.",
+        **common,
+    )
+    def model(
+        context: AssetExecutionContext, config: TrainRunConfig, params: ParamsResource
+    ) -> MaterializeResult:
+        cfg = params.load(task)
+        epochs = getattr(cfg, task).train.epochs
+
+        def progress(epoch: int) -> None:
+            context.log.info(f"{task}/model: epoch {epoch}/{epochs} done")
+
+        result = steps.train(cfg, resume=config.resume, after_epoch=progress)
+        metrics = steps.evaluate(cfg)
+        last = result.history[-1] if result.history else {}
+        metadata: dict[str, Any] = {
+            "device": MetadataValue.text(str(result.device)),
+            "epochs": MetadataValue.int(len(result.history)),
+            "num_train_images": MetadataValue.int(result.num_train_images),
+            **numeric({k: v for k, v in last.items() if k != "epoch"}, prefix="final_"),
+            **numeric(metrics),
+            "per_class": MetadataValue.json(metrics.get("per_class", {})),
+            **file_entries("weights", result.model_path),
+            "history": MetadataValue.path(str(result.history_path)),
+            **plots({"training_curves": result.curves_path, **metrics.get("plots", {})}),
+        }
+        return MaterializeResult(metadata=metadata)
+
+    @asset(
+        name="onnx",
+        deps=[model],
+        kinds={"onnx"},
+        description="The FP32 ONNX model (and torch.export program) with their output parity "
+        "against PyTorch on validation images.",
+        check_specs=[
+            AssetCheckSpec(
+                "parity",
+                asset=key("onnx"),
+                blocking=True,
+                description="Lowest cosine similarity of the ONNX outputs to PyTorch's reaches "
+                "validation.min_output_cosine.",
+            )
+        ],
+        **common,
+    )
+    def onnx(context: AssetExecutionContext, params: ParamsResource) -> MaterializeResult:
+        cfg = params.load(task)
+        report = steps.export(cfg)
+        parity = report["parity"]
+        gate = cosine_gate(
+            "onnx", parity["onnx"]["min_cosine"], getattr(cfg, task).validation.min_output_cosine
+        )
+        context.log.info(f"{task}/onnx: min cosine {parity['onnx']['min_cosine']:.8f}")
+        metadata: dict[str, Any] = {
+            **file_entries("onnx", report["onnx"]),
+            "onnx_sha256": MetadataValue.text(report["onnx_sha256"]),
+            **file_entries("program", report["program"]),
+            **numeric(parity["onnx"], prefix="onnx_"),
+            **numeric(parity["program"], prefix="program_"),
+        }
+        return MaterializeResult(
+            metadata=metadata, check_results=[_gate_result(gate.to_dict(), key("onnx"), "parity")]
+        )
+
+    @asset(
+        name="int8",
+        deps=[onnx],
+        kinds={"onnx"},
+        description="The INT8 (QDQ) ONNX model, statically calibrated on training images.",
+        **common,
+    )
+    def int8(context: AssetExecutionContext, params: ParamsResource) -> MaterializeResult:
+        cfg = params.load(task)
+        report = steps.quantize(cfg)
+        layout = TaskLayout.for_task(cfg, task)
+        fp32_bytes = layout.onnx.stat().st_size if layout.onnx.is_file() else None
+        metadata: dict[str, Any] = {
+            **file_entries("onnx_int8", report.get("path", layout.onnx_int8)),
+            "onnx_sha256": MetadataValue.text(str(report.get("onnx_sha256", ""))),
+            **numeric(report),
+            "excluded_nodes": MetadataValue.int(len(report.get("excluded_nodes", []))),
+            "report": MetadataValue.json(
+                {k: v for k, v in report.items() if isinstance(v, (str, int, float, list, dict))}
+            ),
+        }
+        if fp32_bytes:
+            metadata["size_vs_fp32"] = MetadataValue.float(report["onnx_bytes"] / fp32_bytes)
+        return MaterializeResult(metadata=metadata)
+
+    @asset(
+        name="tensorrt",
+        deps=[onnx, int8],
+        kinds={"tensorrt"},
+        description="TensorRT engines (FP16 from the FP32 ONNX, INT8 from the QDQ ONNX). Without a "
+        "GPU or TensorRT each build is a recorded skip with its reason, never a fake engine.",
+        **common,
+    )
+    def tensorrt(context: AssetExecutionContext, params: ParamsResource) -> MaterializeResult:
+        cfg = params.load(task)
+        outcomes = steps.build_engines(cfg)
+        layout = TaskLayout.for_task(cfg, task)
+        rows, metadata = [], {}
+        for precision, outcome in outcomes.items():
+            built = bool(outcome.get("built"))
+            reason = outcome.get("reason", "")
+            rows.append([precision, "built" if built else "skipped", reason])
+            metadata[f"{precision}_status"] = MetadataValue.text("built" if built else f"skipped: {reason}")
+            if built:
+                metadata.update(file_entries(f"{precision}_engine", layout.engine(precision)))
+            context.log.info(f"{task}/tensorrt {precision}: {'built' if built else 'skipped: ' + reason}")
+        built_count = sum(bool(o.get("built")) for o in outcomes.values())
+        summary = (
+            "built" if built_count == len(outcomes) else ("skipped" if built_count == 0 else "partly built")
+        )
+        return MaterializeResult(
+            metadata={
+                "status": MetadataValue.text(summary),
+                "engines_built": MetadataValue.int(built_count),
+                "builds": md_table(["precision", "outcome", "reason"], rows),
+                **metadata,
+                "report": MetadataValue.path(str(layout.tensorrt_report)),
+            },
+        )
+
+    @asset(
+        name="validation",
+        deps=[model, onnx, int8, tensorrt],
+        kinds={"python"},
+        description="Every deployable artefact scored on the validation split; the release gates "
+        "(output parity, mAP lost against PyTorch) as blocking asset checks.",
+        check_specs=[
+            AssetCheckSpec(
+                check_name(gate),
+                asset=key("validation"),
+                blocking=True,
+                description=GATE_DESCRIPTIONS.get(gate),
+            )
+            for gate in gates
+        ],
+        **common,
+    )
+    def validation(
+        context: AssetExecutionContext, config: ValidationRunConfig, params: ParamsResource
+    ) -> MaterializeResult:
+        cfg = params.load(task)
+        summary = steps.validate(cfg)
+        layout = TaskLayout.for_task(cfg, task)
+        reported = {gate["name"]: gate for gate in summary["gates"]}
+        results = []
+        for gate in gates:
+            if gate in reported:
+                results.append(_gate_result(reported[gate], key("validation")))
+            else:  # e.g. a TensorRT precision params.yaml does not ask for
+                results.append(
+                    AssetCheckResult(
+                        asset_key=key("validation"),
+                        check_name=check_name(gate),
+                        passed=True,
+                        metadata={"status": "skipped", "note": "skipped: not requested by params"},
+                        description="skipped: not requested by params",
+                    )
+                )
+        for name in sorted(set(reported) - set(gates)):
+            context.log.warning(f"{task}/validation: gate {name} has no asset check (see TASK_GATES)")
+        backends = summary["metrics"]
+        metadata: dict[str, Any] = {
+            "passed": MetadataValue.bool(bool(summary["passed"])),
+            "metrics": md_table(
+                ["backend", *next(iter(backends.values()), {}).keys()],
+                [[b, *m.values()] for b, m in backends.items()],
+            ),
+            "gates": md_table(
+                ["gate", "status", "value", "rule", "detail"],
+                [
+                    [
+                        g["name"],
+                        "skipped" if g["skipped"] else ("passed" if g["passed"] else "FAILED"),
+                        g["value"],
+                        f"{g['comparison']} {g['threshold']}",
+                        g["detail"],
+                    ]
+                    for g in summary["gates"]
+                ],
+            ),
+            "report": MetadataValue.path(str(layout.validation)),
+        }
+        for backend, values in backends.items():
+            metadata.update(numeric(values, prefix=f"{backend}_"))
+            eval_dir = layout.evaluation(backend)
+            metadata.update(
+                plots(
+                    {
+                        f"{backend}_pr_curve": eval_dir / "pr_curve.png",
+                        f"{backend}_samples": eval_dir / "samples.png",
+                    }
+                )
+            )
+        benchmark: Callable[..., dict[str, Any]] | None = getattr(steps, "benchmark", None)
+        if config.benchmark and benchmark is not None:
+            metadata.update(_benchmark_metadata(benchmark(cfg)))
+        return MaterializeResult(metadata=metadata, check_results=results)
+
+    @asset(
+        name="release",
+        deps=[validation],
+        kinds={"python"},
+        description="The promotion decision for the validated candidate. Runs only after every "
+        "gate passed; until the model registry is connected the decision is recorded here.",
+        **common,
+    )
+    def release(context: AssetExecutionContext, params: ParamsResource) -> MaterializeResult:
+        cfg = params.load(task)
+        layout = TaskLayout.for_task(cfg, task)
+        if not layout.validation.is_file():
+            raise Failure(f"no validation report at {layout.validation}: materialise {task}/validation first")
+        summary = json.loads(layout.validation.read_text())
+        failed = [g["name"] for g in summary["gates"] if not g["passed"]]
+        if not summary["passed"]:  # also enforced by the blocking checks when run with validation
+            raise Failure(
+                f"not promoted: gates failed: {', '.join(failed)}",
+                metadata={"failed_gates": MetadataValue.json(failed)},
+            )
+        latest = context.instance.get_latest_materialization_event(key("dataset"))
+        data_version = (
+            latest.asset_materialization.tags.get("dagster/data_version")
+            if latest is not None and latest.asset_materialization is not None
+            else None
+        )
+        candidate = {
+            name: {"path": str(path), "sha256": sha256_file(path)}
+            for name, path in (
+                ("weights", layout.weights),
+                ("onnx", layout.onnx),
+                ("onnx_int8", layout.onnx_int8),
+            )
+            if path.is_file()
+        }
+        decision = {
+            "decision": "promote",
+            "data_version": data_version,
+            "candidate": candidate,
+            "metrics": summary["metrics"],
+            "gates": {g["name"]: "skipped" if g["skipped"] else "passed" for g in summary["gates"]},
+            "registry": "not connected yet: the decision is recorded in Dagster only",
+        }
+        context.log.info(f"{task}/release: promote (data version {str(data_version)[:12]})")
+        return MaterializeResult(
+            metadata={
+                "decision": MetadataValue.text("promote"),
+                "data_version": MetadataValue.text(str(data_version)),
+                "record": MetadataValue.json(decision),
+            }
+        )
+
+    return [dataset, model, onnx, int8, tensorrt, validation, release]
+
+
+def _benchmark_metadata(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The side-by-side timing of every backend: its table and its chart."""
+    metadata: dict[str, Any] = {}
+    if report.get("table"):
+        metadata["benchmark"] = MetadataValue.md(f"```\n{report['table']}\n```")
+    if report.get("rows"):
+        metadata["benchmark_rows"] = MetadataValue.json(list(report["rows"]))
+    if report.get("plot"):
+        metadata["plot_benchmark"] = image_md(report["plot"], "benchmark")
+        metadata["plot_benchmark_path"] = MetadataValue.path(str(report["plot"]))
+    return metadata
