@@ -91,6 +91,66 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("task", choices=TASKS, help="which task's model")
     evaluate.add_argument("--split", default="val", choices=("train", "val"), help="split to score")
+
+    export = commands.add_parser(
+        "export",
+        parents=[common],
+        help="export the trained model to ONNX and torch.export, with a parity check",
+        description="Export artifacts/<task>/model/model.pt to ONNX (input 'images', outputs "
+        "'heatmap', 'wh', 'offset', dynamic batch; mean, std, input size and class names in the "
+        "model's metadata) and to a torch.export program (model.pt2). Both are run against "
+        "PyTorch on validation images; max |diff| and cosine per output go to onnx/parity.json.",
+    )
+    export.add_argument("task", choices=TASKS, help="which task's model")
+
+    quantize = commands.add_parser(
+        "quantize",
+        parents=[common],
+        help="INT8 static quantisation of the ONNX model (ONNX Runtime, QDQ)",
+        description="Quantise onnx/model.onnx to int8/model_int8.onnx with ONNX Runtime's static "
+        "quantiser: per-channel int8 weights, uint8 activations calibrated on training images "
+        "(quantize.* in params). int8/quantization.json lists the nodes kept in float and the "
+        "operators ONNX Runtime really executes.",
+    )
+    quantize.add_argument("task", choices=TASKS, help="which task's model")
+
+    engine = commands.add_parser(
+        "build-engine",
+        parents=[common],
+        help="build TensorRT engines (needs an NVIDIA GPU and tensorrt; otherwise a recorded skip)",
+        description="Build the TensorRT engines listed in tensorrt.precisions: FP16 from the ONNX "
+        "model, INT8 from the QDQ model, with a dynamic-batch profile and a timing cache. Each "
+        "engine gets a JSON sidecar (TensorRT version, GPU, compute capability). Without a GPU or "
+        "tensorrt the build is skipped and the reason written to tensorrt/build.json.",
+    )
+    engine.add_argument("task", choices=TASKS, help="which task's model")
+
+    validate = commands.add_parser(
+        "validate",
+        parents=[common],
+        help="score every deployable backend and judge the release gates",
+        description="Evaluate PyTorch, ONNX, ONNX INT8 and any TensorRT engine on the validation "
+        "split (metrics/<backend>.json) and judge the gates of validation.* in params: ONNX "
+        "output similarity, mAP@0.5 lost against PyTorch. Exit status 1 when a gate fails.",
+    )
+    validate.add_argument("task", choices=TASKS, help="which task's model")
+
+    bench = commands.add_parser(
+        "benchmark",
+        parents=[common],
+        help="latency of every available backend, side by side in one run",
+        description="Measure every backend this machine can run (PyTorch eager, channels-last, "
+        "torch.compile, ONNX Runtime FP32 and INT8, CUDA and TensorRT where present) on the same "
+        "images with the same thread count, warm-up excluded, runs interleaved. Prints a table and "
+        "writes benchmark/<trained|full_size>/benchmark.json and benchmark.png.",
+    )
+    bench.add_argument("task", choices=TASKS, help="which task's model")
+    bench.add_argument(
+        "--full-size",
+        action="store_true",
+        help="measure the seed's architecture (512x512, width 1.0, untrained) instead of the "
+        "trained model: speed only, no accuracy",
+    )
     return parser
 
 
@@ -120,6 +180,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.command == "evaluate":
         summary = traffic.evaluate(params, split=args.split)
         return {k: summary[k] for k in ("backend", "split", "num_images", "map50", "map50_95")}
+    if args.command == "export":
+        report = traffic.export(params)
+        return {k: report[k] for k in ("onnx", "onnx_bytes", "program")} | {
+            "parity": {
+                name: {"max_abs_diff": r["max_abs_diff"], "min_cosine": r["min_cosine"]}
+                for name, r in report["parity"].items()
+            }
+        }
+    if args.command == "quantize":
+        report = traffic.quantize(params)
+        return {k: report[k] for k in ("path", "onnx_bytes", "excluded_nodes", "float_compute_ops")}
+    if args.command == "build-engine":
+        return traffic.build_engines(params)
+    if args.command == "validate":
+        return traffic.validate(params)
+    if args.command == "benchmark":
+        report = traffic.benchmark(params, full_size=args.full_size)
+        print(report["title"])
+        print(report["table"])
+        return {"absent": report["absent"], "plot": report["plot"]}
     raise AssertionError(f"unhandled command {args.command}")
 
 
@@ -136,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"visionforge {args.command}: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(outcome, indent=2))
+    if args.command == "validate" and not outcome["passed"]:
+        failed = [g["name"] for g in outcome["gates"] if not g["passed"]]
+        print(f"visionforge validate: gates failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -283,3 +283,15 @@ def detector_metadata(model: TrafficQuantizerNet, mean, std, input_size: int, cl
         output_stride=int(model.output_stride),
         pad_value=list(PAD_VALUE),
     )
+
+
+def float16_onnx(path: Path, out_path: Path) -> Path:
+    """An FP16 copy of an FP32 ONNX model for GPU execution providers; inputs and outputs stay
+    float32 so callers feed it exactly like the FP32 model."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
+    with atomic_path(out_path) as tmp:
+        onnx.save_model(model, str(tmp))
+    return out_path

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from ops.config import ModelConfig, QuantizeConfig
-from ops.data.coco import CocoSplit, read_image_rgb
-from ops.data.detection import InputNormalizer, prepare_images
+from ops.data.coco import CocoSplit
+from ops.data.detection import InputNormalizer, load_input_batches
 from ops.errors import ExportError
 from ops.export import read_onnx_metadata
 from ops.io import atomic_path
@@ -49,14 +49,7 @@ def calibration_batches(
     picked = np.random.default_rng(seed).choice(len(split.images), size=count, replace=False)
     records = [split.images[i] for i in sorted(picked)]
     normalizer = InputNormalizer(model_cfg.mean, model_cfg.std)
-    return [
-        prepare_images(
-            [read_image_rgb(r.path) for r in records[start : start + batch_size]],
-            model_cfg.input_size,
-            normalizer,
-        ).inputs
-        for start in range(0, len(records), batch_size)
-    ]
+    return load_input_batches(records, model_cfg.input_size, normalizer, batch_size)
 
 
 def check_calibration_batches(batches: Sequence[np.ndarray], input_size: int) -> None:

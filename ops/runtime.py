@@ -32,7 +32,7 @@ class Predictor(Protocol):
 
 
 class TorchPredictor:
-    """PyTorch eager (optionally channels-last or ``torch.compile``d), no autograd."""
+    """PyTorch eager (optionally channels-last, ``torch.compile``d, or FP16 on CUDA), no autograd."""
 
     def __init__(
         self,
@@ -40,17 +40,24 @@ class TorchPredictor:
         backend: str = "pytorch",
         channels_last: bool = False,
         compile: bool = False,
+        device: str | None = None,
+        half: bool = False,
     ) -> None:
         self.backend = backend
+        if device is not None:
+            model = model.to(device)
+        if half:
+            model = model.half()
         model = model.eval()
         self.device = next(model.parameters()).device
+        self.dtype = torch.float16 if half else torch.float32
         self.channels_last = channels_last
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = torch.compile(model) if compile else model
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        inputs = torch.from_numpy(batch).to(self.device)
+        inputs = torch.from_numpy(batch).to(self.device, self.dtype)
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():

@@ -6,16 +6,22 @@ wherever it runs.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import os
+import platform
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ops.benchmark import BackendRow, format_table, measure_interleaved, plot_benchmark
 from ops.config import Params
-from ops.data.coco import load_coco_split, read_image_rgb, write_dataset_report
-from ops.data.detection import InputNormalizer, prepare_images
+from ops.data.coco import load_coco_split, write_dataset_report
+from ops.data.detection import InputNormalizer, load_input_batches
 from ops.data.traffic_scenes import generate_traffic_dataset
 from ops.errors import DatasetError
 from ops.evaluate import evaluate_predictor
@@ -24,15 +30,17 @@ from ops.export import (
     detector_metadata,
     export_onnx,
     export_program,
+    float16_onnx,
     parity,
     sha256_file,
 )
 from ops.gates import Gate, all_passed, cosine_gate, map_drop_gate, skipped_gate
 from ops.io import write_json
 from ops.layout import TaskLayout
+from ops.models import TrafficQuantizerNet
 from ops.optimize import calibration_batches, quantize_int8
 from ops.runtime import OnnxRuntimePredictor, Predictor, TorchPredictor
-from ops.train import TrainDetectorResult, load_detector, train_detector
+from ops.train import TrainDetectorResult, build_detector, load_detector, train_detector
 
 log = logging.getLogger(__name__)
 TASK = "traffic"
@@ -88,18 +96,12 @@ def evaluate(params: Params, split: str = "val") -> dict[str, Any]:
     )
 
 
-def _validation_batches(params: Params, count: int) -> list[np.ndarray]:
-    """The first ``count`` validation images, pre-processed as at inference, in batches of 8."""
+def _validation_batches(params: Params, count: int, batch_size: int = 8) -> list[np.ndarray]:
+    """The first ``count`` validation images, pre-processed as at inference."""
     model_cfg = params.traffic.model
     split = load_coco_split(params.traffic.dataset.root, "val", check_images=False)
-    records = split.images[:count]
     normalizer = InputNormalizer(model_cfg.mean, model_cfg.std)
-    return [
-        prepare_images(
-            [read_image_rgb(r.path) for r in records[i : i + 8]], model_cfg.input_size, normalizer
-        ).inputs
-        for i in range(0, len(records), 8)
-    ]
+    return load_input_batches(split.images[:count], model_cfg.input_size, normalizer, batch_size)
 
 
 def export(params: Params) -> dict[str, Any]:
@@ -273,3 +275,143 @@ def validate(params: Params) -> dict[str, Any]:
             gate.threshold,
         )
     return summary
+
+
+def _benchmark_predictors(
+    model: TrafficQuantizerNet, onnx_path: Path, int8_path: Path, params: Params, engines: list[Path]
+) -> tuple[dict[str, Predictor], dict[str, str]]:
+    """Every backend this machine can run, with the same thread count; and why others are absent."""
+    cfg = params.traffic.benchmark
+    predictors: dict[str, Predictor] = {
+        "pytorch": TorchPredictor(model),
+        "pytorch-channels-last": TorchPredictor(
+            copy.deepcopy(model), "pytorch-channels-last", channels_last=True
+        ),
+    }
+    if cfg.compile:
+        predictors["pytorch-compile"] = TorchPredictor(
+            copy.deepcopy(model), "pytorch-compile", channels_last=True, compile=True
+        )
+    predictors["onnx"] = OnnxRuntimePredictor(onnx_path, "onnx", threads=cfg.threads)
+    predictors["onnx-int8"] = OnnxRuntimePredictor(int8_path, "onnx-int8", threads=cfg.threads)
+    absent: dict[str, str] = {}
+    import onnxruntime as ort
+    import torch
+
+    if torch.cuda.is_available():
+        predictors["pytorch-cuda"] = TorchPredictor(copy.deepcopy(model), "pytorch-cuda", device="cuda")
+        predictors["pytorch-cuda-fp16"] = TorchPredictor(
+            copy.deepcopy(model), "pytorch-cuda-fp16", device="cuda", half=True
+        )
+    else:
+        absent["pytorch-cuda"] = "no CUDA device"
+    if "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available():
+        cuda = ("CUDAExecutionProvider", "CPUExecutionProvider")
+        predictors["onnx-cuda"] = OnnxRuntimePredictor(onnx_path, "onnx-cuda", providers=cuda)
+        fp16_path = float16_onnx(onnx_path, onnx_path.with_name(onnx_path.stem + "_fp16.onnx"))
+        predictors["onnx-cuda-fp16"] = OnnxRuntimePredictor(fp16_path, "onnx-cuda-fp16", providers=cuda)
+    else:
+        absent["onnx-cuda"] = (
+            "onnxruntime has no CUDAExecutionProvider here (needs onnxruntime-gpu and a GPU)"
+        )
+    from ops import tensorrt
+
+    reason = tensorrt.tensorrt_unavailable_reason()
+    for engine in engines:
+        if reason is None and engine.is_file():
+            predictor = tensorrt.TensorRTPredictor(engine)
+            predictors[predictor.backend] = predictor
+    if reason is not None:
+        absent["tensorrt"] = reason
+    return predictors, absent
+
+
+def benchmark(params: Params, full_size: bool = False) -> dict[str, Any]:
+    """Latency of every available backend side by side, plus each one's mAP and file size.
+
+    With ``full_size`` the seed's architecture (512x512, width 1.0) is measured instead of
+    the trained model: it is exported and quantised (calibrated on training images) in a
+    temporary directory, and has no accuracy columns since it is untrained.
+    """
+    import torch
+
+    cfg = params.traffic.benchmark
+    layout = TaskLayout.for_task(params, TASK)
+    torch.set_num_threads(cfg.threads)
+    out_dir = layout.benchmark_dir / ("full_size" if full_size else "trained")
+    with tempfile.TemporaryDirectory(prefix="benchmark-") as tmp:
+        if full_size:
+            train_split = load_coco_split(params.traffic.dataset.root, "train", check_images=False)
+            model_cfg = params.traffic.model.model_copy(
+                update={
+                    "input_size": 512,
+                    "width_mult": 1.0,
+                    "head_width": 64,
+                    "upsample": (True, True, True),
+                }
+            )
+            torch.manual_seed(params.traffic.train.seed)
+            model = build_detector(model_cfg, len(train_split.class_names)).eval()
+            onnx_path, int8_path = Path(tmp) / "model.onnx", Path(tmp) / "model_int8.onnx"
+            metadata = detector_metadata(
+                model, model_cfg.mean, model_cfg.std, model_cfg.input_size, train_split.class_names
+            )
+            export_onnx(model, metadata, onnx_path, opset=params.traffic.export.opset)
+            batches = calibration_batches(
+                train_split, model_cfg, params.traffic.quantize.calibration_images, params.traffic.train.seed
+            )
+            quantize_int8(onnx_path, int8_path, batches, params.traffic.quantize)
+            engines: list[Path] = []
+        else:
+            model_cfg = params.traffic.model
+            model = load_detector(layout.weights, model_cfg).model
+            onnx_path, int8_path = layout.onnx, layout.onnx_int8
+            engines = [layout.engine(p) for p in params.traffic.tensorrt.precisions]
+        predictors, absent = _benchmark_predictors(model, onnx_path, int8_path, params, engines)
+        split = load_coco_split(params.traffic.dataset.root, "val", check_images=False)
+        normalizer = InputNormalizer(model_cfg.mean, model_cfg.std)
+        batch = load_input_batches(
+            split.images[: cfg.batch_size], model_cfg.input_size, normalizer, cfg.batch_size
+        )[0]
+        log.info("benchmarking %s at batch %d, %d threads", ", ".join(predictors), len(batch), cfg.threads)
+        timings = measure_interleaved(predictors, batch, cfg.warmup, cfg.runs)
+        sizes = {"onnx": onnx_path.stat().st_size, "onnx-int8": int8_path.stat().st_size}
+    weights_bytes = None if full_size else layout.weights.stat().st_size
+    rows: list[BackendRow] = []
+    for backend, latencies in timings.items():
+        row = BackendRow(backend, latencies, batch_size=len(batch))
+        row.size_bytes = sizes.get(backend.removesuffix("-cuda").removesuffix("-cuda-fp16"), weights_bytes)
+        if backend.startswith("trt-"):
+            row.size_bytes = layout.engine(backend.removeprefix("trt-")).stat().st_size
+        if not full_size:
+            # Baselines that run PyTorch's own weights share its accuracy; artefacts have their own.
+            scored = backend if layout.metrics(backend).is_file() else "pytorch"
+            if layout.metrics(scored).is_file():
+                metrics = json.loads(layout.metrics(scored).read_text())
+                row.map50, row.map50_95 = metrics["map50"], metrics["map50_95"]
+                row.note = "" if scored == backend else "accuracy of the pytorch weights"
+        rows.append(row)
+    reference = rows[0]
+    table_rows = [row.to_dict(reference) for row in rows]
+    title = (
+        f"{'seed architecture 512x512, width 1.0 (untrained)' if full_size else 'trained model'}: "
+        f"batch {len(batch)}, {cfg.threads} threads, {cfg.runs} interleaved runs"
+    )
+    table = format_table(table_rows)
+    report = {
+        "title": title,
+        "full_size": full_size,
+        "input_size": model_cfg.input_size,
+        "width_mult": model_cfg.width_mult,
+        "threads": cfg.threads,
+        "batch_size": len(batch),
+        "runs": cfg.runs,
+        "warmup": cfg.warmup,
+        "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
+        "rows": table_rows,
+        "absent": absent,
+        "table": table,
+        "plot": str(plot_benchmark(table_rows, title, out_dir / "benchmark.png")),
+    }
+    write_json(out_dir / "benchmark.json", report)
+    return report

@@ -28,7 +28,16 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_help_explains_every_command_and_option(tmp_path):
     top = _cli("--help", cwd=tmp_path)
     assert top.returncode == 0
-    for command in ("ingest", "train", "evaluate"):
+    for command in (
+        "ingest",
+        "train",
+        "evaluate",
+        "export",
+        "quantize",
+        "build-engine",
+        "validate",
+        "benchmark",
+    ):
         assert command in top.stdout
     train = _cli("train", "--help", cwd=tmp_path)
     for option in ("--resume", "--params", "--set"):
@@ -36,7 +45,7 @@ def test_help_explains_every_command_and_option(tmp_path):
 
 
 @pytest.mark.slow
-def test_ingest_train_evaluate_chain(tiny_params_file: Path):
+def test_the_whole_chain_from_ingest_to_benchmark(tiny_params_file: Path):
     workdir = tiny_params_file.parent
     params = ["--params", str(tiny_params_file)]
     ingest = _cli("ingest", "traffic", *params, cwd=workdir)
@@ -52,6 +61,54 @@ def test_ingest_train_evaluate_chain(tiny_params_file: Path):
     assert evaluate.returncode == 0, evaluate.stderr
     metrics = json.loads((workdir / "artifacts/traffic/metrics/pytorch.json").read_text())
     assert 0.0 <= metrics["map50_95"] <= metrics["map50"] <= 1.0
+
+    export = _cli("export", "traffic", *params, cwd=workdir)
+    assert export.returncode == 0, export.stderr
+    assert json.loads(export.stdout)["parity"]["onnx"]["min_cosine"] > 0.999
+    quantize = _cli("quantize", "traffic", *params, cwd=workdir)
+    assert quantize.returncode == 0, quantize.stderr
+    assert (workdir / "artifacts/traffic/int8/model_int8.onnx").is_file()
+
+    # No GPU and no tensorrt in CI: a recorded skip with its reason, and no engine file.
+    engine = _cli("build-engine", "traffic", *params, cwd=workdir)
+    assert engine.returncode == 0, engine.stderr
+    builds = json.loads(engine.stdout)
+    assert builds["fp16"]["built"] is False and builds["fp16"]["reason"]
+    assert not list((workdir / "artifacts/traffic/tensorrt").glob("*.engine"))
+
+    validate = _cli("validate", "traffic", *params, cwd=workdir)
+    assert validate.returncode == 0, validate.stderr
+    gates = {g["name"]: g for g in json.loads(validate.stdout)["gates"]}
+    assert gates["output_cosine_onnx"]["passed"]
+    assert gates["map50_drop_trt-fp16"]["skipped"]
+    for backend in ("pytorch", "onnx", "onnx-int8"):
+        assert (workdir / f"artifacts/traffic/metrics/{backend}.json").is_file()
+
+    # A zero tolerance fails the gate (the drop must be strictly below it): exit status 1,
+    # the failed gate named on stderr.
+    strict = _cli(
+        "validate", "traffic", *params, "--set", "traffic.validation.max_map50_drop_onnx=0", cwd=workdir
+    )
+    assert strict.returncode == 1
+    assert "map50_drop_onnx" in strict.stderr
+
+    bench = _cli(
+        "benchmark",
+        "traffic",
+        *params,
+        "--set",
+        "traffic.benchmark.runs=3",
+        "--set",
+        "traffic.benchmark.compile=false",
+        cwd=workdir,
+    )
+    assert bench.returncode == 0, bench.stderr
+    report = json.loads((workdir / "artifacts/traffic/benchmark/trained/benchmark.json").read_text())
+    backends = [row["backend"] for row in report["rows"]]
+    assert backends[:2] == ["pytorch", "pytorch-channels-last"] and "onnx-int8" in backends
+    assert all(row["runs"] == 3 and row["latency_p50_ms"] > 0 for row in report["rows"])
+    assert "tensorrt" in report["absent"]
+    assert "onnx-int8" in bench.stdout
 
 
 def test_bad_input_gives_one_clear_error_and_exit_code_2(tiny_params_file: Path):

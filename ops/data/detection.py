@@ -7,6 +7,7 @@ the same matrix, so boxes can never drift from the pixels they describe.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -16,7 +17,7 @@ from torch.utils.data import Dataset
 
 from ops.centernet import encode_targets
 from ops.config import AugmentConfig
-from ops.data.coco import CocoSplit, read_image_rgb
+from ops.data.coco import CocoImage, CocoSplit, read_image_rgb
 
 # Boxes left thinner than this (input pixels) after augmentation carry no learnable centre.
 MIN_BOX_SIDE = 2.0
@@ -135,6 +136,18 @@ def prepare_images(images: list[np.ndarray], input_size: int, normalizer: InputN
         sizes.append((width, height))
     inputs = normalizer(torch.from_numpy(np.stack(warped))).contiguous().numpy()
     return PreparedBatch(inputs, matrices, sizes)
+
+
+def load_input_batches(
+    records: Sequence[CocoImage], input_size: int, normalizer: InputNormalizer, batch_size: int
+) -> list[np.ndarray]:
+    """Read ``records`` from disk as network-ready float32 NCHW batches (see :func:`prepare_images`)."""
+    return [
+        prepare_images(
+            [read_image_rgb(r.path) for r in records[start : start + batch_size]], input_size, normalizer
+        ).inputs
+        for start in range(0, len(records), batch_size)
+    ]
 
 
 class DetectionDataset(Dataset):

@@ -1,0 +1,52 @@
+"""Benchmark mechanics (interleaving, table, chart) and release gates as data."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ops.benchmark import BackendRow, format_table, measure_interleaved, plot_benchmark
+from ops.gates import all_passed, cosine_gate, map_drop_gate, skipped_gate
+
+
+def test_runs_are_interleaved_with_the_order_rotated_and_warmup_excluded():
+    calls: list[str] = []
+
+    def recorder(name):
+        return lambda batch: calls.append(name)
+
+    predictors = {name: recorder(name) for name in ("a", "b", "c")}
+    timings = measure_interleaved(predictors, np.zeros((1, 3, 8, 8), np.float32), warmup=2, runs=3)
+    assert {k: len(v) for k, v in timings.items()} == {"a": 3, "b": 3, "c": 3}
+    assert calls[:6] == ["a", "a", "b", "b", "c", "c"]  # warm-up, untimed
+    assert calls[6:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+
+
+def test_rows_report_percentiles_speedup_and_accuracy_delta(tmp_path):
+    reference = BackendRow("pytorch", [10.0] * 9 + [30.0], map50=0.80, size_bytes=4_000_000)
+    fast = BackendRow("onnx-int8", [2.5] * 10, map50=0.795, size_bytes=1_000_000)
+    row = fast.to_dict(reference)
+    assert row["speedup_vs_pytorch"] == 4.0
+    assert row["fps"] == 400.0
+    assert row["map50_delta_vs_pytorch"] == -0.005
+    assert reference.to_dict(reference)["latency_p95_ms"] > 10.0
+    table = format_table([reference.to_dict(reference), row])
+    assert "onnx-int8" in table and "4.00" in table and "-0.0050" in table
+    plot = plot_benchmark([reference.to_dict(reference), row], "test", tmp_path / "chart.png")
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_map_drop_gate_is_strictly_below_its_threshold():
+    assert map_drop_gate("onnx", 0.80, 0.795, 0.01).passed
+    failed = map_drop_gate("onnx-int8", 0.80, 0.78, 0.01)
+    assert not failed.passed and failed.value == 0.02 and failed.threshold == 0.01
+    assert "0.7800" in failed.detail and "0.8000" in failed.detail
+    assert map_drop_gate("onnx", 0.80, 0.85, 0.01).passed  # a gain is never a failure
+
+
+def test_cosine_and_skipped_gates():
+    assert cosine_gate("onnx", 0.9999, 0.999).passed
+    assert not cosine_gate("onnx", 0.98, 0.999).passed
+    skipped = skipped_gate("map50_drop_trt-fp16", 0.02, "<", "no CUDA device")
+    assert skipped.skipped and skipped.value is None and skipped.detail == "no CUDA device"
+    assert all_passed([skipped, cosine_gate("onnx", 1.0, 0.999)])
+    assert not all_passed([skipped, cosine_gate("onnx", 0.5, 0.999)])

@@ -1,0 +1,113 @@
+"""INT8 static quantisation with ONNX Runtime: what runs in integer, what stays float, bad data."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+
+from ops.config import ModelConfig, QuantizeConfig
+from ops.data.coco import load_coco_split
+from ops.errors import ExportError
+from ops.export import detector_metadata, export_onnx, parity, read_onnx_metadata
+from ops.optimize import calibration_batches, output_layer_nodes, quantize_int8
+from ops.runtime import OnnxRuntimePredictor
+from tests.ops.test_export import CLASSES, MEAN, SIZE, STD, _trained_looking_model
+
+MODEL_CFG = ModelConfig(
+    input_size=SIZE,
+    width_mult=0.25,
+    upsample=(True, True, True),
+    backbone="resnet18",
+    head_width=16,
+    mean=MEAN,
+    std=STD,
+)
+
+
+def _cfg(**overrides) -> QuantizeConfig:
+    values = dict(
+        calibration_images=8,
+        calibration_method="minmax",
+        per_channel=True,
+        keep_outputs_float=True,
+        exclude_nodes=[],
+    )
+    return QuantizeConfig(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def fp32_model(tmp_path_factory):
+    model = _trained_looking_model()
+    path = tmp_path_factory.mktemp("fp32") / "model.onnx"
+    return export_onnx(model, detector_metadata(model, MEAN, STD, SIZE, CLASSES), path)
+
+
+@pytest.fixture(scope="module")
+def train_batches(tiny_dataset):
+    return calibration_batches(load_coco_split(tiny_dataset, "train"), MODEL_CFG, 8, seed=0, batch_size=4)
+
+
+def test_calibration_batches_are_a_seeded_sample_of_training_images(tiny_dataset):
+    split = load_coco_split(tiny_dataset, "train")
+    first = calibration_batches(split, MODEL_CFG, 6, seed=3, batch_size=4)
+    again = calibration_batches(split, MODEL_CFG, 6, seed=3, batch_size=4)
+    other = calibration_batches(split, MODEL_CFG, 6, seed=4, batch_size=4)
+    assert [b.shape for b in first] == [(4, 3, SIZE, SIZE), (2, 3, SIZE, SIZE)]
+    assert all(b.dtype == np.float32 for b in first)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_int8_model_runs_on_integer_kernels_except_the_kept_output_layers(
+    fp32_model, train_batches, tmp_path
+):
+    out = tmp_path / "model_int8.onnx"
+    report = quantize_int8(fp32_model, out, train_batches, _cfg())
+    graph_ops = Counter(n.op_type for n in onnx.load(str(out)).graph.node)
+    assert graph_ops["QuantizeLinear"] > 0 and graph_ops["DequantizeLinear"] > 0
+    # Every backbone, decoder and head 3x3 convolution became an integer QLinearConv; only the
+    # three heads' 1x1 output convolutions (and the heatmap sigmoid) stay float, as configured.
+    assert report.executed_ops["QLinearConv"] == 26
+    assert report.float_compute_ops == {"Conv": 3}
+    assert "ConvTranspose" not in report.executed_ops
+    assert set(report.excluded_nodes) == set(output_layer_nodes(fp32_model))
+    assert report.calibration_images == 8
+    assert read_onnx_metadata(out) == read_onnx_metadata(fp32_model)
+    assert out.stat().st_size < fp32_model.stat().st_size / 2.5
+
+
+def test_int8_outputs_stay_close_to_fp32(fp32_model, train_batches, tmp_path):
+    out = quantize_int8(
+        fp32_model, tmp_path / "q.onnx", train_batches, _cfg(calibration_method="entropy")
+    ).path
+    report = parity(OnnxRuntimePredictor(fp32_model), OnnxRuntimePredictor(out, "onnx-int8"), train_batches)
+    assert report["min_cosine"] > 0.95
+
+
+def test_quantising_the_outputs_too_leaves_no_float_convolution(fp32_model, train_batches, tmp_path):
+    report = quantize_int8(fp32_model, tmp_path / "all.onnx", train_batches, _cfg(keep_outputs_float=False))
+    assert "Conv" not in report.float_compute_ops
+    assert report.excluded_nodes == []
+
+
+def test_calibration_data_of_the_wrong_shape_is_refused_before_anything_is_written(fp32_model, tmp_path):
+    out = tmp_path / "q.onnx"
+    wrong = [np.zeros((2, 3, SIZE, SIZE), np.float32), np.zeros((2, 3, 64, 64), np.float32)]
+    with pytest.raises(ExportError, match=r"calibration batch 1 is float32 \(2, 3, 64, 64\)"):
+        quantize_int8(fp32_model, out, wrong, _cfg())
+    with pytest.raises(ExportError, match="float64"):
+        quantize_int8(fp32_model, out, [np.zeros((1, 3, SIZE, SIZE))], _cfg())
+    with pytest.raises(ExportError, match="no calibration batches"):
+        quantize_int8(fp32_model, out, [], _cfg())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_corrupt_source_model_is_refused(tmp_path, train_batches):
+    source = tmp_path / "model.onnx"
+    source.write_bytes(b"garbage")
+    with pytest.raises(ExportError, match="model.onnx"):
+        quantize_int8(source, tmp_path / "q.onnx", train_batches, _cfg())
+    assert not (tmp_path / "q.onnx").exists()
