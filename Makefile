@@ -10,13 +10,20 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DVC_VENV := .venv-dvc
 DVC_STAMP := $(DVC_VENV)/.installed
+# Dagster's local storage (runs, materialisations, schedules' and sensors' state): SQLite in
+# this directory. Absolute, as Dagster requires; override with `make ui DAGSTER_HOME=/elsewhere`.
+DAGSTER_HOME ?= $(CURDIR)/.dagster
+export DAGSTER_HOME
+UI_HOST ?= 127.0.0.1
+UI_PORT ?= 3000
 # This machine's pip config lists extra local indexes that may be absent; their warnings are noise.
 PIP_QUIET := grep -v 'is ignored: it is neither a file nor a directory' || true
 
-.PHONY: help setup demo test test-fast lint clean
+.PHONY: help setup demo ui test test-fast lint clean
 
 help:
-	@echo "make demo       set up .venv, then run the pipeline on generated traffic data"
+	@echo "make demo       set up .venv, then materialise the whole asset graph on generated traffic data"
+	@echo "make ui         the Dagster UI (webserver + daemon: schedules, sensors) on http://$(UI_HOST):$(UI_PORT)"
 	@echo "make test       set up .venv, then run the whole test suite (what CI runs)"
 	@echo "make test-fast  the tests without the slow end-to-end ones"
 	@echo "make lint       ruff"
@@ -40,13 +47,20 @@ $(DVC_STAMP): constraints-dvc.txt | $(STAMP)
 
 setup: $(STAMP) $(DVC_STAMP)
 
-demo: setup
-	@echo "==> demo: ingest -> train -> evaluate on the procedural traffic dataset (params.yaml)"
+$(DAGSTER_HOME)/dagster.yaml: pipelines/dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp $< $@
+
+# The whole asset graph (dataset -> model -> onnx -> int8 -> tensorrt -> validation -> release)
+# in one Dagster run, recorded in DAGSTER_HOME so `make ui` shows it afterwards.
+demo: setup $(DAGSTER_HOME)/dagster.yaml
+	@echo "==> demo: materialising the traffic asset graph on params.yaml (DAGSTER_HOME=$(DAGSTER_HOME))"
 	@start=$$(date +%s); \
-	$(BIN)/visionforge ingest traffic; \
-	$(BIN)/visionforge train traffic; \
-	$(BIN)/visionforge evaluate traffic; \
-	echo "==> demo finished in $$(( $$(date +%s) - start )) s; metrics: artifacts/traffic/metrics/pytorch.json"
+	$(BIN)/python -m pipelines.demo; \
+	echo "==> demo finished in $$(( $$(date +%s) - start )) s"
+
+ui: setup $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster dev -w workspace.yaml -h $(UI_HOST) -p $(UI_PORT)
 
 test: setup
 	$(BIN)/python -m pytest -ra

@@ -8,7 +8,6 @@ when the code location loads; reload it in the UI after a change):
 - ``VISIONFORGE_SENSOR_INTERVAL_S``: how often the sensor hashes the dataset (default 60 s).
 """
 
-
 import os
 from typing import TYPE_CHECKING
 
