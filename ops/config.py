@@ -132,6 +132,14 @@ class QuantizeConfig(StrictModel):
     exclude_nodes: list[str] = Field(description="Further ONNX node names to leave in float.")
 
 
+class PruneConfig(StrictModel):
+    """Structured channel pruning (whole channels removed) followed by a short fine-tune."""
+
+    ratio: float = Field(gt=0, lt=1, description="Fraction of channels removed from each prunable group.")
+    finetune_epochs: int = Field(ge=0, description="Epochs of fine-tuning after pruning.")
+    finetune_lr: float = Field(gt=0, description="Peak learning rate of the fine-tune.")
+
+
 class TensorRTConfig(StrictModel):
     precisions: list[Literal["fp16", "int8"]] = Field(description="Engines to build.")
     opt_batch: int = Field(gt=0, description="Batch size the engine is tuned for.")
@@ -162,6 +170,7 @@ class TrafficConfig(StrictModel):
     evaluate: EvaluateConfig
     export: ExportConfig
     quantize: QuantizeConfig
+    prune: PruneConfig
     tensorrt: TensorRTConfig
     benchmark: BenchmarkConfig
     validation: ValidationConfig

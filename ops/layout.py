@@ -88,3 +88,7 @@ class TaskLayout:
     @property
     def validation(self) -> Path:
         return self.root / "validation" / "gates.json"
+
+    @property
+    def pruned_dir(self) -> Path:
+        return self.root / "pruned"

@@ -415,3 +415,94 @@ def benchmark(params: Params, full_size: bool = False) -> dict[str, Any]:
     }
     write_json(out_dir / "benchmark.json", report)
     return report
+
+
+def prune(params: Params) -> dict[str, Any]:
+    """Structured channel pruning of the trained model, a short fine-tune, and what it changed.
+
+    Writes ``pruned/model.onnx`` and ``pruned/model.pt2`` and ``pruned/report.json``:
+    parameters, GFLOPs, latency (PyTorch and ONNX Runtime, original vs pruned, interleaved)
+    and mAP@0.5 before pruning, right after it, and after the fine-tune.
+    """
+    import torch
+
+    from ops.prune import prune_channels
+    from ops.train import detector_training_data, fit
+
+    layout = TaskLayout.for_task(params, TASK)
+    cfg, model_cfg = params.traffic.prune, params.traffic.model
+    out_dir = layout.pruned_dir
+    bundle = load_detector(layout.weights, model_cfg)
+    val = load_coco_split(params.traffic.dataset.root, "val")
+
+    def map50(predictor: Predictor, name: str) -> float:
+        summary = evaluate_predictor(
+            predictor,
+            val,
+            model_cfg,
+            params.traffic.evaluate,
+            out_dir / "eval" / name,
+            out_dir / f"{name}.json",
+        )
+        return summary["map50"]
+
+    original = copy.deepcopy(bundle.model)
+    map_original = map50(TorchPredictor(original), "original")
+    model = bundle.model
+    summary = prune_channels(model, model_cfg.input_size, cfg.ratio)
+    map_pruned = map50(TorchPredictor(model, "pytorch-pruned"), "pruned_before_finetune")
+    if cfg.finetune_epochs:
+        train_split = load_coco_split(params.traffic.dataset.root, "train", check_images=False)
+        finetune_cfg = params.traffic.train.model_copy(
+            update={"epochs": cfg.finetune_epochs, "lr": cfg.finetune_lr, "warmup_epochs": 0.0}
+        )
+        dataset, loss_fn = detector_training_data(train_split, model_cfg, finetune_cfg, model.output_stride)
+        signature = {"architecture": "TrafficQuantizerNet-pruned", **summary.to_dict()}
+        model = (
+            fit(
+                model,
+                dataset,
+                loss_fn,
+                finetune_cfg,
+                out_dir / "checkpoints" / "last.pt",
+                signature,
+                prepare_inputs=InputNormalizer(model_cfg.mean, model_cfg.std),
+            )
+            .model.cpu()
+            .eval()
+        )
+    metadata = detector_metadata(
+        model, model_cfg.mean, model_cfg.std, model_cfg.input_size, bundle.class_names
+    )
+    onnx_path = export_onnx(model, metadata, out_dir / "model.onnx", opset=params.traffic.export.opset)
+    program_path = export_program(model, model_cfg.input_size, out_dir / "model.pt2")
+    map_finetuned = map50(OnnxRuntimePredictor(onnx_path, "onnx-pruned"), "pruned")
+
+    threads = params.traffic.benchmark.threads
+    torch.set_num_threads(threads)
+    batch = _validation_batches(params, 1, batch_size=1)[0]
+    predictors: dict[str, Predictor] = {
+        "pytorch": TorchPredictor(original),
+        "pytorch-pruned": TorchPredictor(model, "pytorch-pruned"),
+    }
+    if layout.onnx.is_file():
+        predictors["onnx"] = OnnxRuntimePredictor(layout.onnx, threads=threads)
+    predictors["onnx-pruned"] = OnnxRuntimePredictor(onnx_path, "onnx-pruned", threads=threads)
+    timings = measure_interleaved(
+        predictors, batch, params.traffic.benchmark.warmup, params.traffic.benchmark.runs
+    )
+    latency = {name: round(float(np.median(ms)), 2) for name, ms in timings.items()}
+    report = {
+        **summary.to_dict(),
+        "finetune_epochs": cfg.finetune_epochs,
+        "map50_original": map_original,
+        "map50_pruned_before_finetune": map_pruned,
+        "map50_pruned": map_finetuned,
+        "latency_p50_ms": latency,
+        "threads": threads,
+        "onnx": str(onnx_path),
+        "onnx_bytes": onnx_path.stat().st_size,
+        "program": str(program_path),
+    }
+    write_json(out_dir / "report.json", report)
+    return report

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ops.centernet import centernet_loss
 from ops.config import ModelConfig, TrainConfig
-from ops.data.coco import load_coco_split
+from ops.data.coco import CocoSplit, load_coco_split
 from ops.data.detection import DetectionDataset, InputNormalizer
 from ops.errors import CheckpointError, VisionForgeError
 from ops.io import atomic_path, save_figure, write_json
@@ -328,6 +328,24 @@ def load_detector(path: Path, model_cfg: ModelConfig | None = None) -> DetectorB
     return DetectorBundle(model=model, model_cfg=file_cfg, class_names=list(saved["class_names"]))
 
 
+def detector_training_data(
+    split: CocoSplit, model_cfg: ModelConfig, train_cfg: TrainConfig, output_stride: int
+) -> tuple[DetectionDataset, LossFn]:
+    """The augmented dataset and CenterNet loss a detector trains (or fine-tunes) with."""
+    dataset = DetectionDataset(
+        split,
+        input_size=model_cfg.input_size,
+        output_stride=output_stride,
+        augment=train_cfg.augment,
+        seed=train_cfg.seed,
+    )
+
+    def loss_fn(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]):
+        return centernet_loss(outputs, targets, train_cfg.size_loss_weight, train_cfg.offset_loss_weight)
+
+    return dataset, loss_fn
+
+
 @dataclass
 class TrainDetectorResult:
     model_path: Path
@@ -355,17 +373,8 @@ def train_detector(
     split = load_coco_split(dataset_root, "train")
     seed_everything(train_cfg.seed)
     model = build_detector(model_cfg, len(split.class_names))
-    dataset = DetectionDataset(
-        split,
-        input_size=model_cfg.input_size,
-        output_stride=model.output_stride,
-        augment=train_cfg.augment,
-        seed=train_cfg.seed,
-    )
+    dataset, loss_fn = detector_training_data(split, model_cfg, train_cfg, model.output_stride)
     checkpoint_path = out_dir / "checkpoints" / "last.pt"
-
-    def loss_fn(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]):
-        return centernet_loss(outputs, targets, train_cfg.size_loss_weight, train_cfg.offset_loss_weight)
 
     log.info(
         "training TrafficQuantizerNet (%s classes, input %d, width %.2f) on %d images",
