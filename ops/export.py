@@ -16,7 +16,8 @@ import copy
 import hashlib
 import json
 import logging
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,57 @@ OPSET = 18
 TRACE_BATCH = 2
 
 
+# Keys a consumer cannot do without; the other OnnxMetadata fields have defaults matching export_onnx.
+REQUIRED_METADATA: tuple[str, ...] = ("input_size", "mean", "std", "class_names", "output_stride")
+# Their presence makes a model explicitly quantised (TensorRT reads the scales from them).
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+
+
+def is_number(value: Any) -> bool:
+    """A finite JSON number; ``bool`` is excluded because JSON ``true`` must not pass as 1."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_positive_int(value: Any) -> bool:
+    """A JSON integer above zero (sizes, strides, batch counts); ``bool`` excluded as above."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _number_list(length: int | None, positive: bool) -> Callable[[Any], bool]:
+    """A check for a list of finite numbers: exactly ``length`` of them (any, but some, when None)."""
+
+    def check(value: Any) -> bool:
+        return (
+            isinstance(value, list)
+            and (len(value) == length if length is not None else bool(value))
+            and all(is_number(v) and (v > 0 or not positive) for v in value)
+        )
+
+    return check
+
+
+def _metadata_rules(channels: int | None) -> dict[str, tuple[Callable[[Any], bool], str]]:
+    """Per ``metadata_props`` key: the check its parsed JSON value must pass, and the rule in words."""
+    count = f"{channels} " if channels is not None else ""
+    return {
+        "input_size": (is_positive_int, "a positive integer"),
+        "mean": (_number_list(channels, positive=False), f"a list of {count}numbers"),
+        "std": (_number_list(channels, positive=True), f"a list of {count}positive numbers"),
+        "class_names": (
+            lambda v: isinstance(v, list) and bool(v) and all(isinstance(n, str) for n in v),
+            "a non-empty list of strings",
+        ),
+        "output_stride": (is_positive_int, "a positive integer"),
+        "resize": (lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
+        "pad_value": (
+            lambda v: v is None or _number_list(None, positive=False)(v),
+            "null or a list of numbers",
+        ),
+        "color_order": (lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
+        "pixel_scale": (lambda v: is_number(v) and v > 0, "a positive number"),
+    }
+
+
 @dataclass(frozen=True)
 class OnnxMetadata:
     """The pre- and post-processing facts stored in an exported model (``metadata_props``)."""
@@ -57,26 +109,52 @@ class OnnxMetadata:
         return {key: json.dumps(value) for key, value in asdict(self).items()}
 
     @classmethod
-    def from_props(cls, path: Path, props: dict[str, str]) -> OnnxMetadata:
-        required = ("input_size", "mean", "std", "class_names", "output_stride")
-        missing = [key for key in required if key not in props]
+    def from_props(cls, path: Path, props: Mapping[str, str], *, channels: int | None = None) -> OnnxMetadata:
+        """Parse ``metadata_props`` and check every value, naming the model file and the key.
+
+        Every consumer (ONNX Runtime, TensorRT sidecars, the C++ detector) preprocesses from
+        these values, so a wrong one would give wrong detections rather than an error: it is
+        refused here, once, for all of them. ``channels`` (the input's C, when known) is the
+        length mean and std must have. Keys that are not fields are ignored.
+        """
+        missing = [key for key in REQUIRED_METADATA if key not in props]
         if missing:
             raise ExportError(
                 f"{path}: metadata_props lacks {missing}; export the model with `visionforge export`"
             )
-        try:
-            values = {key: json.loads(props[key]) for key in cls.__dataclass_fields__ if key in props}
-            return cls(**values)
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise ExportError(f"{path}: malformed metadata_props ({exc})") from None
+        values: dict[str, Any] = {}
+        for key in cls.__dataclass_fields__:
+            if key not in props:
+                continue
+            try:
+                values[key] = json.loads(props[key])
+            except json.JSONDecodeError as exc:
+                raise ExportError(
+                    f"{path}: metadata_props[{key!r}] is not JSON ({exc}): {props[key]!r}"
+                ) from None
+        problems = [
+            f"metadata_props[{key!r}] must be {rule}, got {props[key]!r}"
+            for key, (check, rule) in _metadata_rules(channels).items()
+            if key in values and not check(values[key])
+        ]
+        if not problems and len(values["mean"]) != len(values["std"]):
+            problems.append(
+                f"metadata_props 'mean' and 'std' must have one value per channel, "
+                f"got {len(values['mean'])} and {len(values['std'])}"
+            )
+        if problems:
+            raise ExportError(f"{path}: " + "; ".join(problems))
+        values["mean"] = [float(v) for v in values["mean"]]
+        values["std"] = [float(v) for v in values["std"]]
+        if "pixel_scale" in values:
+            values["pixel_scale"] = float(values["pixel_scale"])
+        return cls(**values)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+def sha256_file(path: Path | str) -> str:
+    """Hex digest of a file's bytes: binds sidecars, caches and reports to one exact artefact."""
     with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 # Which 4x4 kernel tap a k4/s2/p1 transposed convolution applies, per output phase (even or
@@ -179,8 +257,33 @@ def export_onnx(
     return path
 
 
-def read_onnx_metadata(path: Path) -> OnnxMetadata:
-    """Check that ``path`` is a readable ONNX model with the detector's I/O and return its metadata."""
+@dataclass(frozen=True)
+class OnnxContract:
+    """An ONNX model file checked against the detector contract, and what consumers need of it.
+
+    The one reader of the contract: INT8 quantisation and TensorRT engine builds both go
+    through :func:`read_onnx_contract`, so a file is accepted or refused with the same
+    message everywhere.
+    """
+
+    path: Path
+    sha256: str  # of the .onnx file itself; weights stored as external data are not part of it
+    input_batch: int | None  # None: dynamic batch axis (the contract); an int: fixed at export
+    input_chw: tuple[int, int, int]
+    has_qdq: bool  # QuantizeLinear/DequantizeLinear nodes: explicitly quantised (INT8)
+    metadata: OnnxMetadata
+
+
+def read_onnx_contract(path: Path | str) -> OnnxContract:
+    """Check that ``path`` is a valid ONNX model honouring the detector contract and describe it.
+
+    Only the graph is loaded (not external weights). Checked here rather than left to ONNX
+    Runtime or TensorRT's parser so that a wrong file fails with the same clear message on
+    every machine, GPU or not: input ``images`` NCHW with fixed C, H, W (only the batch axis
+    may be dynamic), outputs ``heatmap``/``wh``/``offset``, valid preprocessing metadata whose
+    input size and mean/std length agree with the input, and as many heatmap channels as
+    class names.
+    """
     import onnx
 
     path = Path(path)
@@ -188,17 +291,63 @@ def read_onnx_metadata(path: Path) -> OnnxMetadata:
         raise ExportError(f"{path}: ONNX model not found")
     try:
         proto = onnx.load(str(path), load_external_data=False)
-        onnx.checker.check_model(proto)
+        # The path, not the proto: the checker then finds weights stored as external data
+        # beside the model instead of failing on them.
+        onnx.checker.check_model(str(path))
     except Exception as exc:  # DecodeError, ValidationError: both mean an unusable file
         raise ExportError(f"{path}: not a valid ONNX model ({exc.__class__.__name__}: {exc})") from None
-    inputs = [i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
-    outputs = [o.name for o in proto.graph.output]
-    if inputs != [INPUT_NAME] or sorted(outputs) != sorted(OUTPUT_NAMES):
+    graph = proto.graph
+    initializers = {init.name for init in graph.initializer}
+    inputs = [value for value in graph.input if value.name not in initializers]
+    input_names = [value.name for value in inputs]
+    output_names = [value.name for value in graph.output]
+    if input_names != [INPUT_NAME] or sorted(output_names) != sorted(OUTPUT_NAMES):
         raise ExportError(
-            f"{path}: inputs {inputs} / outputs {outputs} do not match the detector contract "
+            f"{path}: inputs {input_names} / outputs {output_names} do not match the detector contract "
             f"(input {INPUT_NAME!r}; outputs {list(OUTPUT_NAMES)})"
         )
-    return OnnxMetadata.from_props(path, {p.key: p.value for p in proto.metadata_props})
+    dims = _static_dims(inputs[0])
+    if len(dims) != 4 or any(d is None for d in dims[1:]):
+        shown = tuple("?" if d is None else d for d in dims)
+        raise ExportError(
+            f"{path}: input {INPUT_NAME!r} must be NCHW with fixed C, H, W (only the batch axis "
+            f"may be dynamic), found shape {shown}"
+        )
+    channels, height, width = (int(d) for d in dims[1:])  # type: ignore[arg-type]
+    metadata = OnnxMetadata.from_props(
+        path, {prop.key: prop.value for prop in proto.metadata_props}, channels=channels
+    )
+    if (height, width) != (metadata.input_size, metadata.input_size):
+        raise ExportError(
+            f"{path}: metadata_props input_size is {metadata.input_size} but input {INPUT_NAME!r} "
+            f"is {height}x{width}"
+        )
+    heatmap_dims = _static_dims(next(value for value in graph.output if value.name == "heatmap"))
+    num_classes = len(metadata.class_names)
+    if len(heatmap_dims) == 4 and heatmap_dims[1] not in (None, num_classes):
+        raise ExportError(
+            f"{path}: output 'heatmap' has {heatmap_dims[1]} channels but metadata_props "
+            f"class_names lists {num_classes} classes"
+        )
+    op_types = {node.op_type for node in graph.node}
+    for function in proto.functions:
+        op_types.update(node.op_type for node in function.node)
+    return OnnxContract(
+        path=path,
+        sha256=sha256_file(path),
+        input_batch=dims[0],
+        input_chw=(channels, height, width),
+        has_qdq=bool(op_types & QDQ_OPS),
+        metadata=metadata,
+    )
+
+
+def _static_dims(value: Any) -> list[int | None]:
+    """Sizes of a ValueInfo's shape; None for symbolic or unknown dimensions."""
+    return [
+        int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None
+        for d in value.type.tensor_type.shape.dim
+    ]
 
 
 def export_program(model: TrafficQuantizerNet, input_size: int, path: Path) -> Path:

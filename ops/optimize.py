@@ -25,7 +25,7 @@ from ops.config import ModelConfig, QuantizeConfig
 from ops.data.coco import CocoSplit
 from ops.data.detection import InputNormalizer, load_input_batches
 from ops.errors import ExportError
-from ops.export import read_onnx_metadata
+from ops.export import read_onnx_contract
 from ops.io import atomic_path
 from ops.runtime import INPUT_NAME, ort_session_options
 
@@ -141,7 +141,7 @@ def quantize_int8(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    metadata = read_onnx_metadata(onnx_path)  # also refuses a corrupt or foreign model
+    metadata = read_onnx_contract(onnx_path).metadata  # also refuses a corrupt or foreign model
     check_calibration_batches(batches, metadata.input_size)
     method = {
         "minmax": CalibrationMethod.MinMax,

@@ -19,8 +19,10 @@ Why the pieces exist:
   needs no calibration. A plain FP32 model needs calibration batches (implicit
   quantisation through ``IInt8EntropyCalibrator2``, deprecated since TensorRT 10.1 but
   still supported in 10.x) or a calibration cache written for that same ONNX file.
-- Input checks (ONNX contract, calibration batches, inference batches, sidecar fields,
-  version/GPU compatibility) are plain functions, so they are tested without TensorRT.
+- Input checks (calibration batches, inference batches, sidecar fields, version/GPU
+  compatibility) are plain functions, so they are tested without TensorRT. The ONNX file
+  itself is checked by :func:`ops.export.read_onnx_contract`, the one reader of the
+  contract, before anything here needs TensorRT.
 
 The builder targets TensorRT 10's Python API. TensorRT 11 removed the weakly typed
 precision flags (``BuilderFlag.FP16``/``INT8``) and calibrators this builder relies on, so
@@ -45,6 +47,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ops.errors import EngineError
+from ops.export import OnnxContract, is_number, is_positive_int, read_onnx_contract
 from ops.io import atomic_path, write_json
 from ops.runtime import INPUT_NAME, OUTPUT_NAMES
 
@@ -59,8 +62,6 @@ QUANTIZATION_MODES: tuple[str, ...] = ("none", "explicit", "calibrated")
 
 SUPPORTED_TENSORRT_MAJOR = 10
 DEFAULT_WORKSPACE_BYTES = 2 << 30  # 2 GiB: plenty for a ResNet-18 detector, small for any data-centre GPU
-METADATA_KEYS: tuple[str, ...] = ("mean", "std", "input_size", "class_names")
-QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 SIDECAR_SCHEMA_VERSION = 1
 INSTALL_HINT = "pip install 'visionforge[tensorrt]' on a machine that can reach NVIDIA's package index"
 
@@ -116,152 +117,6 @@ def describe_gpu(device: int | None = None) -> GpuInfo:
     index = torch.cuda.current_device() if device is None else device
     major, minor = torch.cuda.get_device_capability(index)
     return GpuInfo(name=torch.cuda.get_device_name(index), compute_capability=f"{major}.{minor}")
-
-
-# --------------------------------------------------------------------------- the ONNX source
-
-
-@dataclass(frozen=True)
-class OnnxModelInfo:
-    """What the builder needs to know about an ONNX file, read without TensorRT."""
-
-    path: Path
-    sha256: str
-    input_batch: int | None  # None: dynamic batch axis (the contract); an int: fixed at export
-    input_chw: tuple[int, int, int]
-    has_qdq: bool
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    input_size: int
-    class_names: tuple[str, ...]
-
-
-def file_sha256(path: Path | str) -> str:
-    with Path(path).open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def read_onnx_contract(onnx_path: Path | str) -> OnnxModelInfo:
-    """Load an ONNX model's graph (not its external weights) and check the I/O contract.
-
-    Checked here rather than left to TensorRT's parser so that a wrong file fails with the
-    same clear message on every machine, GPU or not. The hash covers the ``.onnx`` file
-    itself; weights stored as external data are not part of it.
-    """
-    import onnx
-
-    path = Path(onnx_path)
-    if not path.is_file():
-        raise EngineError(f"ONNX model not found: {path}")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises DecodeError and friends for garbage
-        raise EngineError(f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
-    graph = model.graph
-    initializers = {init.name for init in graph.initializer}
-    inputs = [value for value in graph.input if value.name not in initializers]
-    input_names = [value.name for value in inputs]
-    output_names = [value.name for value in graph.output]
-    if input_names != [INPUT_NAME] or sorted(output_names) != sorted(OUTPUT_NAMES):
-        raise EngineError(
-            f"{path} breaks the ONNX contract: expected input {INPUT_NAME!r} and outputs "
-            f"{list(OUTPUT_NAMES)}, found inputs {input_names} and outputs {output_names}"
-        )
-    dims = _dims(inputs[0])
-    if len(dims) != 4 or any(d is None or d <= 0 for d in dims[1:]):
-        shown = tuple("?" if d is None else d for d in dims)
-        raise EngineError(
-            f"{path}: input {INPUT_NAME!r} must be NCHW with fixed C, H, W (only the batch axis "
-            f"may be dynamic), found shape {shown}"
-        )
-    channels, height, width = (int(d) for d in dims[1:])  # type: ignore[arg-type]
-    mean, std, input_size, class_names = _preprocessing_metadata(model, path, channels)
-    if (height, width) != (input_size, input_size):
-        raise EngineError(
-            f"{path}: metadata_props input_size is {input_size} but input {INPUT_NAME!r} is {height}x{width}"
-        )
-    heatmap = next(value for value in graph.output if value.name == "heatmap")
-    heatmap_dims = _dims(heatmap)
-    if len(heatmap_dims) == 4 and heatmap_dims[1] not in (None, len(class_names)):
-        raise EngineError(
-            f"{path}: output 'heatmap' has {heatmap_dims[1]} channels but metadata_props "
-            f"class_names lists {len(class_names)} classes"
-        )
-    op_types = {node.op_type for node in graph.node}
-    for function in model.functions:
-        op_types.update(node.op_type for node in function.node)
-    return OnnxModelInfo(
-        path=path,
-        sha256=file_sha256(path),
-        input_batch=dims[0],
-        input_chw=(channels, height, width),
-        has_qdq=bool(op_types & QDQ_OPS),
-        mean=mean,
-        std=std,
-        input_size=input_size,
-        class_names=class_names,
-    )
-
-
-def _dims(value: Any) -> list[int | None]:
-    """Static sizes of a ValueInfo's shape; None for symbolic or unknown dimensions."""
-    return [
-        int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None
-        for d in value.type.tensor_type.shape.dim
-    ]
-
-
-def _preprocessing_metadata(
-    model: Any, path: Path, channels: int
-) -> tuple[tuple[float, ...], tuple[float, ...], int, tuple[str, ...]]:
-    props = {prop.key: prop.value for prop in model.metadata_props}
-    missing = [key for key in METADATA_KEYS if key not in props]
-    if missing:
-        raise EngineError(
-            f"{path} lacks metadata_props {missing}: the engine's sidecar copies the preprocessing "
-            "(mean, std, input_size, class_names) from the ONNX model, so export it with them"
-        )
-    parsed: dict[str, Any] = {}
-    for key in METADATA_KEYS:
-        try:
-            parsed[key] = json.loads(props[key])
-        except json.JSONDecodeError as exc:
-            raise EngineError(
-                f"{path}: metadata_props[{key!r}] is not JSON ({exc}): {props[key]!r}"
-            ) from None
-
-    def numbers(key: str, positive: bool) -> tuple[float, ...]:
-        value = parsed[key]
-        ok = (
-            isinstance(value, list)
-            and len(value) == channels
-            and all(_is_number(v) and (v > 0 or not positive) for v in value)
-        )
-        if not ok:
-            rule = "positive numbers" if positive else "numbers"
-            raise EngineError(
-                f"{path}: metadata_props[{key!r}] must be a list of {channels} {rule}, got {props[key]!r}"
-            )
-        return tuple(float(v) for v in value)
-
-    mean, std = numbers("mean", positive=False), numbers("std", positive=True)
-    input_size = parsed["input_size"]
-    if not _is_positive_int(input_size):
-        raise EngineError(
-            f"{path}: metadata_props['input_size'] must be a positive integer, got {input_size!r}"
-        )
-    names = parsed["class_names"]
-    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
-        raise EngineError(f"{path}: metadata_props['class_names'] must be a non-empty list of strings")
-    return mean, std, int(input_size), tuple(names)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
-
-
-def _is_positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 # --------------------------------------------------------------------------- the sidecar
@@ -370,27 +225,27 @@ _SIDECAR_RULES: dict[str, tuple[Any, str]] = {
     "precision": (lambda v: v in PRECISIONS, f"one of {list(PRECISIONS)}"),
     "quantization": (lambda v: v in QUANTIZATION_MODES, f"one of {list(QUANTIZATION_MODES)}"),
     "input_name": (_is_text, "a tensor name"),
-    "min_batch": (_is_positive_int, "a positive integer"),
-    "opt_batch": (_is_positive_int, "a positive integer"),
-    "max_batch": (_is_positive_int, "a positive integer"),
+    "min_batch": (is_positive_int, "a positive integer"),
+    "opt_batch": (is_positive_int, "a positive integer"),
+    "max_batch": (is_positive_int, "a positive integer"),
     "input_chw": (
-        lambda v: isinstance(v, list) and len(v) == 3 and all(_is_positive_int(d) for d in v),
+        lambda v: isinstance(v, list) and len(v) == 3 and all(is_positive_int(d) for d in v),
         "[C, H, W] positive integers",
     ),
     "onnx_path": (lambda v: isinstance(v, str), "a path string"),
     "onnx_sha256": (lambda v: isinstance(v, str) and len(v) == 64, "a sha256 hex digest"),
     "engine_sha256": (lambda v: isinstance(v, str) and len(v) == 64, "a sha256 hex digest"),
-    "engine_bytes": (_is_positive_int, "a positive integer"),
+    "engine_bytes": (is_positive_int, "a positive integer"),
     "built_at": (_is_iso_time, "an ISO 8601 time"),
     "mean": (
-        lambda v: isinstance(v, list) and bool(v) and all(_is_number(x) for x in v),
+        lambda v: isinstance(v, list) and bool(v) and all(is_number(x) for x in v),
         "a list of numbers",
     ),
     "std": (
-        lambda v: isinstance(v, list) and bool(v) and all(_is_number(x) and x > 0 for x in v),
+        lambda v: isinstance(v, list) and bool(v) and all(is_number(x) and x > 0 for x in v),
         "a list of positive numbers",
     ),
-    "input_size": (_is_positive_int, "a positive integer"),
+    "input_size": (is_positive_int, "a positive integer"),
     "class_names": (
         lambda v: isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v),
         "a non-empty list of strings",
@@ -791,9 +646,10 @@ def build_engine(
 ) -> EngineBuildResult | EngineSkip:
     """Build a TensorRT engine (``"fp16"`` or ``"int8"``) from an ONNX model, or say why not.
 
-    Inputs are validated first, on every machine: a missing or broken ONNX file, an INT8
-    request without any source of scales, or a batch profile the model cannot take is an
-    error whether or not TensorRT is present. Only then, without TensorRT or a GPU, an
+    Inputs are validated first, on every machine: a missing or broken ONNX file
+    (:class:`~ops.errors.ExportError`), an INT8 request without any source of scales, or a
+    batch profile the model cannot take (:class:`~ops.errors.EngineError`) is an error
+    whether or not TensorRT is present. Only then, without TensorRT or a GPU, an
     :class:`EngineSkip` is returned and nothing is written.
 
     INT8 uses the Q/DQ nodes when the ONNX model has them (explicit quantisation), else
@@ -805,22 +661,25 @@ def build_engine(
     if precision not in PRECISIONS:
         raise EngineError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     if not (
-        _is_positive_int(min_batch)
-        and _is_positive_int(opt_batch)
-        and _is_positive_int(max_batch)
+        is_positive_int(min_batch)
+        and is_positive_int(opt_batch)
+        and is_positive_int(max_batch)
         and min_batch <= opt_batch <= max_batch
     ):
         raise EngineError(
             f"batch profile must satisfy 1 <= min_batch <= opt_batch <= max_batch, got "
             f"min_batch={min_batch}, opt_batch={opt_batch}, max_batch={max_batch}"
         )
-    info = read_onnx_contract(onnx_path)
-    if info.input_batch is not None and not min_batch == max_batch == info.input_batch:
+    # A missing, corrupt or contract-breaking ONNX file raises ExportError, deliberately not
+    # wrapped in EngineError: the fault (and the fix, re-exporting) is in the export artefact,
+    # not in the engine, and the CLI reports both the same way (VisionForgeError, path named).
+    contract = read_onnx_contract(onnx_path)
+    if contract.input_batch is not None and not min_batch == max_batch == contract.input_batch:
         raise EngineError(
-            f"{info.path} fixes the batch of input {INPUT_NAME!r} at {info.input_batch} but the engine "
-            f"profile asks for {min_batch}..{max_batch}: export the model with a dynamic batch axis"
+            f"{contract.path} fixes the batch of input {INPUT_NAME!r} at {contract.input_batch} but the "
+            f"engine profile asks for {min_batch}..{max_batch}: export the model with a dynamic batch axis"
         )
-    quantization = _quantization_mode(precision, info, calibration_batches, calibration_cache)
+    quantization = _quantization_mode(precision, contract, calibration_batches, calibration_cache)
     engine_path = Path(engine_path)
 
     reason = tensorrt_unavailable_reason()
@@ -829,7 +688,7 @@ def build_engine(
         return EngineSkip(reason=reason, precision=precision, engine_path=str(engine_path))
 
     return _build(
-        info,
+        contract,
         engine_path,
         precision,
         quantization,
@@ -843,23 +702,23 @@ def build_engine(
 
 def _quantization_mode(
     precision: str,
-    info: OnnxModelInfo,
+    contract: OnnxContract,
     calibration_batches: Iterable[np.ndarray] | None,
     calibration_cache: Path | str | None,
 ) -> str:
     if precision == "fp16":
-        if info.has_qdq:
+        if contract.has_qdq:
             raise EngineError(
-                f"{info.path} contains QuantizeLinear/DequantizeLinear nodes, which make TensorRT "
+                f"{contract.path} contains QuantizeLinear/DequantizeLinear nodes, which make TensorRT "
                 "build INT8: build the FP16 engine from the FP32 ONNX model"
             )
         return "none"
-    if info.has_qdq:
+    if contract.has_qdq:
         if calibration_batches is not None or calibration_cache is not None:
-            log.info("%s carries Q/DQ scales: calibration data and cache are not used", info.path)
+            log.info("%s carries Q/DQ scales: calibration data and cache are not used", contract.path)
         return "explicit"
     if calibration_batches is None and (
-        calibration_cache is None or read_calibration_cache(calibration_cache, info.sha256) is None
+        calibration_cache is None or read_calibration_cache(calibration_cache, contract.sha256) is None
     ):
         cache_note = (
             f"the calibration cache {calibration_cache} is missing or belongs to another ONNX model"
@@ -867,14 +726,14 @@ def _quantization_mode(
             else "no calibration cache was given"
         )
         raise EngineError(
-            f"INT8 from {info.path} needs scales: the model has no Q/DQ nodes, no calibration "
+            f"INT8 from {contract.path} needs scales: the model has no Q/DQ nodes, no calibration "
             f"batches were given and {cache_note}"
         )
     return "calibrated"
 
 
 def _build(
-    info: OnnxModelInfo,
+    contract: OnnxContract,
     engine_path: Path,
     precision: str,
     quantization: str,
@@ -895,11 +754,11 @@ def _build(
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
     parser = trt.OnnxParser(network, trt_logger)
     # parse_from_file (not parse(bytes)) so weights stored as external data are found.
-    if not parser.parse_from_file(str(info.path)):
+    if not parser.parse_from_file(str(contract.path)):
         details = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         details = details or trt_logger.errors[first_error:]
         raise EngineError(
-            f"TensorRT cannot parse {info.path}:\n  " + "\n  ".join(details or ["(no details reported)"])
+            f"TensorRT cannot parse {contract.path}:\n  " + "\n  ".join(details or ["(no details reported)"])
         )
 
     config = builder.create_builder_config()
@@ -909,7 +768,7 @@ def _build(
         config.set_flag(trt.BuilderFlag.INT8)
 
     min_b, opt_b, max_b = profile
-    chw = info.input_chw
+    chw = contract.input_chw
     shape_profile = builder.create_optimization_profile()
     shape_profile.set_shape(INPUT_NAME, (min_b, *chw), (opt_b, *chw), (max_b, *chw))
     config.add_optimization_profile(shape_profile)
@@ -918,7 +777,7 @@ def _build(
     if quantization == "calibrated":
         feed = CalibrationFeed(calibration_batches, chw) if calibration_batches is not None else None
         calibrator = make_entropy_calibrator(
-            feed, onnx_sha256=info.sha256, cache_path=calibration_cache, batch_size=opt_b
+            feed, onnx_sha256=contract.sha256, cache_path=calibration_cache, batch_size=opt_b
         )
         config.int8_calibrator = calibrator
         # Calibration runs at one fixed shape: the calibrator's batch size.
@@ -934,7 +793,7 @@ def _build(
         "building the %s TensorRT engine %s from %s on %s (this can take minutes)",
         precision,
         engine_path,
-        info.path,
+        contract.path,
         gpu.name,
     )
     serialized = builder.build_serialized_network(network, config)
@@ -943,11 +802,11 @@ def _build(
         if isinstance(error, EngineError) or not isinstance(error, Exception):  # e.g. KeyboardInterrupt
             raise error
         raise EngineError(
-            f"INT8 calibration for {info.path} failed: {type(error).__name__}: {error}"
+            f"INT8 calibration for {contract.path} failed: {type(error).__name__}: {error}"
         ) from error
     if serialized is None:
         details = "\n  ".join(trt_logger.errors[first_error:] or ["(no details reported)"])
-        raise EngineError(f"TensorRT could not build a {precision} engine from {info.path}:\n  {details}")
+        raise EngineError(f"TensorRT could not build a {precision} engine from {contract.path}:\n  {details}")
     data = bytes(memoryview(serialized))
 
     sidecar = EngineSidecar(
@@ -962,15 +821,15 @@ def _build(
         opt_batch=opt_b,
         max_batch=max_b,
         input_chw=chw,
-        onnx_path=str(info.path),
-        onnx_sha256=info.sha256,
+        onnx_path=str(contract.path),
+        onnx_sha256=contract.sha256,
         engine_sha256=hashlib.sha256(data).hexdigest(),
         engine_bytes=len(data),
         built_at=_utc_now(),
-        mean=info.mean,
-        std=info.std,
-        input_size=info.input_size,
-        class_names=info.class_names,
+        mean=tuple(contract.metadata.mean),
+        std=tuple(contract.metadata.std),
+        input_size=contract.metadata.input_size,
+        class_names=tuple(contract.metadata.class_names),
     )
     side = sidecar_path(engine_path)
     # An old sidecar must not vouch for the new engine if the engine write succeeds and

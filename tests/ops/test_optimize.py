@@ -11,7 +11,7 @@ import pytest
 from ops.config import ModelConfig, QuantizeConfig
 from ops.data.coco import load_coco_split
 from ops.errors import ExportError
-from ops.export import detector_metadata, export_onnx, parity, read_onnx_metadata
+from ops.export import detector_metadata, export_onnx, parity, read_onnx_contract
 from ops.optimize import calibration_batches, output_layer_nodes, quantize_int8
 from ops.runtime import OnnxRuntimePredictor
 from tests.ops.test_export import CLASSES, MEAN, SIZE, STD, _trained_looking_model
@@ -75,7 +75,9 @@ def test_int8_model_runs_on_integer_kernels_except_the_kept_output_layers(
     assert "ConvTranspose" not in report.executed_ops
     assert set(report.excluded_nodes) == set(output_layer_nodes(fp32_model))
     assert report.calibration_images == 8
-    assert read_onnx_metadata(out) == read_onnx_metadata(fp32_model)
+    int8, fp32 = read_onnx_contract(out), read_onnx_contract(fp32_model)
+    assert int8.metadata == fp32.metadata  # the quantiser drops metadata_props: they are copied back
+    assert int8.has_qdq and not fp32.has_qdq and int8.input_batch is None
     assert out.stat().st_size < fp32_model.stat().st_size / 2.5
 
 

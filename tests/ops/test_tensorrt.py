@@ -1,8 +1,9 @@
 """TensorRT engines: everything around the builder with real files; the build itself where TensorRT runs.
 
-The ONNX models are written here with ``onnx.helper`` (a few Conv nodes honouring the
-contract), so these tests depend on neither torch export nor a trained model. Tests that
-need TensorRT and a CUDA GPU are skipped elsewhere with the reason shown.
+The ONNX models are the tiny hand-written detectors of ``tests.ops.test_export`` (a few Conv
+nodes honouring the contract), so these tests depend on neither torch export nor a trained
+model. The ONNX contract itself is tested there, with its reader; here only what concerns
+engines. Tests that need TensorRT and a CUDA GPU are skipped elsewhere with the reason shown.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper, save
 
-from ops.errors import EngineError
+from ops.errors import EngineError, ExportError
+from ops.export import sha256_file
 from ops.runtime import OUTPUT_NAMES
 from ops.tensorrt import (
     SIDECAR_SCHEMA_VERSION,
@@ -30,83 +31,19 @@ from ops.tensorrt import (
     check_input_batch,
     describe_gpu,
     read_calibration_cache,
-    read_onnx_contract,
     sidecar_path,
     tensorrt_unavailable_reason,
     write_calibration_cache,
 )
+from tests.ops.test_export import TINY_CHW, TINY_SIZE, write_tiny_onnx
 
 UNAVAILABLE = tensorrt_unavailable_reason()
 needs_tensorrt = pytest.mark.skipif(
     UNAVAILABLE is not None, reason=f"needs TensorRT and a CUDA GPU: {UNAVAILABLE}"
 )
 
-SIZE = 16  # input H = W; outputs are at stride 4
-CHW = (3, SIZE, SIZE)
-METADATA = {
-    "mean": [0.485, 0.456, 0.406],
-    "std": [0.229, 0.224, 0.225],
-    "input_size": SIZE,
-    "class_names": ["car", "truck"],
-}
-
-
-def write_tiny_onnx(
-    path: Path,
-    *,
-    batch: str | int = "batch",
-    qdq: bool = False,
-    output_names: tuple[str, ...] = OUTPUT_NAMES,
-    metadata: dict | None = None,
-) -> Path:
-    """A 3-Conv detector head honouring the contract: images -> heatmap (sigmoid), wh, offset."""
-    rng = np.random.default_rng(0)
-    num_classes = len(METADATA["class_names"])
-    initializers = []
-    nodes = []
-    source = "images"
-    if qdq:
-        initializers += [
-            numpy_helper.from_array(np.array(0.02, dtype=np.float32), "x_scale"),
-            numpy_helper.from_array(np.array(0, dtype=np.int8), "x_zero"),
-        ]
-        nodes += [
-            helper.make_node("QuantizeLinear", ["images", "x_scale", "x_zero"], ["images_q"]),
-            helper.make_node("DequantizeLinear", ["images_q", "x_scale", "x_zero"], ["images_dq"]),
-        ]
-        source = "images_dq"
-    heads = {"heatmap": num_classes, "wh": 2, "offset": 2}
-    for out_name, (head, channels) in zip(output_names, heads.items(), strict=True):
-        weight = rng.normal(0, 0.2, size=(channels, 3, 4, 4)).astype(np.float32)
-        bias = rng.normal(0, 0.1, size=(channels,)).astype(np.float32)
-        initializers += [
-            numpy_helper.from_array(weight, f"{head}_w"),
-            numpy_helper.from_array(bias, f"{head}_b"),
-        ]
-        conv_out = f"{head}_conv" if head == "heatmap" else out_name
-        nodes.append(
-            helper.make_node(
-                "Conv", [source, f"{head}_w", f"{head}_b"], [conv_out], kernel_shape=[4, 4], strides=[4, 4]
-            )
-        )
-        if head == "heatmap":
-            nodes.append(helper.make_node("Sigmoid", [conv_out], [out_name]))
-    outputs = [
-        helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, channels, SIZE // 4, SIZE // 4])
-        for name, channels in zip(output_names, heads.values(), strict=True)
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny_detector",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, *CHW])],
-        outputs,
-        initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    props = METADATA if metadata is None else metadata
-    helper.set_model_props(model, {key: json.dumps(value) for key, value in props.items()})
-    save(model, str(path))
-    return path
+SIZE = TINY_SIZE  # input H = W; outputs are at stride 4
+CHW = TINY_CHW
 
 
 @pytest.fixture
@@ -294,56 +231,35 @@ def test_calibration_cache_is_bound_to_the_onnx_file(tmp_path):
     assert sorted(p.name for p in cache.parent.iterdir()) == ["model.calib"]
 
 
-# --------------------------------------------------------------------------- the ONNX source
-
-
-def test_onnx_contract_and_metadata_are_read(tiny_onnx):
-    info = read_onnx_contract(tiny_onnx)
-    assert info.input_chw == CHW and info.input_batch is None and not info.has_qdq
-    assert info.mean == tuple(METADATA["mean"]) and info.std == tuple(METADATA["std"])
-    assert info.input_size == SIZE and info.class_names == ("car", "truck")
-    assert info.sha256 == hashlib.sha256(tiny_onnx.read_bytes()).hexdigest()
-
-
-def test_qdq_nodes_are_detected(tmp_path):
-    assert read_onnx_contract(write_tiny_onnx(tmp_path / "qdq.onnx", qdq=True)).has_qdq
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        (dict(output_names=("heatmap", "size", "offset")), r"breaks the ONNX contract.*'size'"),
-        (dict(metadata={k: v for k, v in METADATA.items() if k != "std"}), r"lacks metadata_props \['std'\]"),
-        (dict(metadata={**METADATA, "mean": [0.5]}), r"metadata_props\['mean'\] must be a list of 3"),
-        (dict(metadata={**METADATA, "input_size": 32}), "input_size is 32 but input 'images' is 16x16"),
-        (dict(metadata={**METADATA, "class_names": ["car"]}), "'heatmap' has 2 channels but .* 1 classes"),
-    ],
-)
-def test_onnx_contract_violations_name_the_file(tmp_path, kwargs, message):
-    path = write_tiny_onnx(tmp_path / "bad.onnx", **kwargs)
-    with pytest.raises(EngineError, match=message) as excinfo:
-        read_onnx_contract(path)
-    assert str(path) in str(excinfo.value)
-
-
 # --------------------------------------------------------------------------- build_engine
+
+
+# A bad ONNX file is an ExportError (the export artefact is at fault; re-export it), raised by
+# the contract reader before the TensorRT availability check: an error on every machine.
 
 
 def test_build_engine_refuses_a_missing_onnx_path(tmp_path):
     missing = tmp_path / "nowhere" / "model.onnx"
-    with pytest.raises(EngineError, match="ONNX model not found") as excinfo:
+    with pytest.raises(ExportError, match="ONNX model not found") as excinfo:
         build_engine(missing, tmp_path / "model_fp16.engine", "fp16")
     assert str(missing) in str(excinfo.value)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_build_engine_refuses_a_corrupt_onnx_file(tmp_path):
-    # Input errors come before the TensorRT availability check: a bad file is an error everywhere.
     corrupt = tmp_path / "model.onnx"
     corrupt.write_bytes(b"\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff garbage, not protobuf")
-    with pytest.raises(EngineError) as excinfo:
+    with pytest.raises(ExportError, match="not a valid ONNX model") as excinfo:
         build_engine(corrupt, tmp_path / "model_fp16.engine", "fp16")
     assert str(corrupt) in str(excinfo.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_build_engine_refuses_an_onnx_file_breaking_the_contract(tmp_path):
+    bad = write_tiny_onnx(tmp_path / "model.onnx", output_names=("heatmap", "size", "offset"))
+    with pytest.raises(ExportError, match="do not match the detector contract") as excinfo:
+        build_engine(bad, tmp_path / "model_fp16.engine", "fp16")
+    assert str(bad) in str(excinfo.value)
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
 
 
@@ -505,7 +421,7 @@ def test_int8_engine_from_calibration_batches_writes_a_reusable_cache(tiny_onnx,
         max_batch=4,
     )
     assert isinstance(result, EngineBuildResult) and result.sidecar.quantization == "calibrated"
-    onnx_sha = read_onnx_contract(tiny_onnx).sha256
+    onnx_sha = sha256_file(tiny_onnx)
     assert read_calibration_cache(cache, onnx_sha) is not None
     # The cache alone is enough for the next build.
     again = build_engine(
