@@ -110,6 +110,24 @@ def test_the_whole_chain_from_ingest_to_benchmark(tiny_params_file: Path):
     assert "tensorrt" in report["absent"]
     assert "onnx-int8" in bench.stdout
 
+    prune = _cli(
+        "prune",
+        "traffic",
+        *params,
+        "--set",
+        "traffic.prune.finetune_epochs=1",
+        "--set",
+        "traffic.benchmark.runs=3",
+        cwd=workdir,
+    )
+    assert prune.returncode == 0, prune.stderr
+    pruned = json.loads(prune.stdout)
+    assert pruned["params_after"] < 0.5 * pruned["params_before"]
+    assert pruned["gflops_after"] < pruned["gflops_before"]
+    assert set(pruned["latency_p50_ms"]) == {"pytorch", "pytorch-pruned", "onnx", "onnx-pruned"}
+    assert 0.0 <= pruned["map50_pruned"] <= 1.0
+    assert (workdir / "artifacts/traffic/pruned/model.onnx").is_file()
+
 
 def test_bad_input_gives_one_clear_error_and_exit_code_2(tiny_params_file: Path):
     workdir = tiny_params_file.parent
