@@ -19,7 +19,7 @@ UI_PORT ?= 3000
 # This machine's pip config lists extra local indexes that may be absent; their warnings are noise.
 PIP_QUIET := grep -v 'is ignored: it is neither a file nor a directory' || true
 
-.PHONY: help setup demo ui test test-fast lint clean
+.PHONY: help setup browser demo ui test test-fast lint clean
 
 help:
 	@echo "make demo       set up .venv, then materialise the whole asset graph on generated traffic data"
@@ -62,7 +62,14 @@ demo: setup $(DAGSTER_HOME)/dagster.yaml
 ui: setup $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h $(UI_HOST) -p $(UI_PORT)
 
-test: setup
+# Headless Chromium for the UI test (tests/pipelines/test_ui.py): Debian's package, as Playwright
+# cannot download its own browsers here. Without root or apt the test skips, saying why.
+browser:
+	@command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } || \
+	  echo "==> could not install Debian's chromium: the browser test will be skipped"
+
+test: setup browser
 	$(BIN)/python -m pytest -ra
 
 test-fast: setup
