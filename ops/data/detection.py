@@ -50,9 +50,28 @@ def random_affine_matrix(
     return (jitter @ base)[:2]
 
 
+def pixel_index_matrix(matrix: np.ndarray) -> np.ndarray:
+    """The same geometric map, expressed for OpenCV's pixel indices.
+
+    Boxes live in continuous coordinates, where pixel ``i`` spans ``[i, i + 1)``; OpenCV's
+    ``warpAffine`` maps pixel indices, i.e. pixel centres sit at integers. Handing it the
+    continuous matrix shifts the picture against its boxes by ``0.5 * (1 - scale)``: a whole
+    pixel under a horizontal flip, which taught the detector a half-pixel bias to the left
+    (measured before this correction). Shift by half a pixel in and out.
+    """
+    corrected = np.array(matrix, dtype=np.float64, copy=True)
+    corrected[:, 2] += 0.5 * (corrected[:, 0] + corrected[:, 1]) - 0.5
+    return corrected
+
+
 def warp_image(image: np.ndarray, matrix: np.ndarray, input_size: int) -> np.ndarray:
+    """Apply ``matrix`` (continuous coordinates, as for boxes) to ``image``."""
     return cv2.warpAffine(
-        image, matrix, (input_size, input_size), flags=cv2.INTER_LINEAR, borderValue=PAD_VALUE
+        image,
+        pixel_index_matrix(matrix),
+        (input_size, input_size),
+        flags=cv2.INTER_LINEAR,
+        borderValue=PAD_VALUE,
     )
 
 

@@ -44,6 +44,26 @@ def test_boxes_follow_the_pixels_through_zoom_shift_and_flip():
     assert matrix[0, 0] < 0  # flipped
 
 
+def test_a_flipped_box_lands_exactly_on_its_flipped_pixels():
+    """Pixel i spans [i, i + 1): under a flip (and any zoom) the warped blob's centroid is the
+    warped box's centre to a small fraction of a pixel, not a half-pixel-per-flip off."""
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[24:34, 22:30] = 255  # box x 22..30, y 24..34: stays inside under every zoom below
+    box = np.array([[22.0, 24.0, 8.0, 10.0]], np.float32)
+    for zoom, flip in ((1.0, True), (1.0, False), (1.37, True), (1.6, False)):  # >= 1: no grey border
+        augment = AugmentConfig(hflip=float(flip), scale_range=(zoom, zoom), translate=0.0, color_jitter=0.0)
+        matrix = random_affine_matrix(64, 64, 64, augment, np.random.default_rng(0))
+        warped = warp_image(image, matrix, 64)[..., 0].astype(np.float64)
+        ys, xs = np.mgrid[0:64, 0:64] + 0.5  # continuous centres of the pixels
+        centroid = [(warped * xs).sum() / warped.sum(), (warped * ys).sum() / warped.sum()]
+        x1, y1, x2, y2 = transform_boxes(box, matrix, 64)[0][0]
+        np.testing.assert_allclose(centroid, [(x1 + x2) / 2, (y1 + y2) / 2], atol=0.1)
+    flipped = warp_image(
+        image, letterbox_matrix(64, 64, 64) * [[-1, 1, 1], [1, 1, 1]] + [[0, 0, 64], [0, 0, 0]], 64
+    )
+    assert np.array_equal(flipped, image[:, ::-1])  # an exact mirror, not shifted by a pixel
+
+
 def test_boxes_pushed_out_of_the_input_are_dropped():
     matrix = letterbox_matrix(100, 100, 100)
     matrix[0, 2] += 95  # shift everything right by 95 px
