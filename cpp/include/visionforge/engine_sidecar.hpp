@@ -1,0 +1,65 @@
+// The JSON sidecar ops/tensorrt.py writes beside every engine (`model.engine` ->
+// `model.engine.json`): the TensorRT version and GPU the engine was built for, the hashes of
+// its bytes and of its ONNX source, and the pre-processing copied from the ONNX metadata.
+// TensorRT engines only run on the exact TensorRT release and GPU model they were built with,
+// so the sidecar is what lets the program refuse a foreign engine with a message instead of a
+// crash. Parsing and the checks need no TensorRT and are tested in every build.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "visionforge/model_info.hpp"
+
+namespace visionforge {
+
+inline constexpr int kSidecarSchemaVersion = 1;  // ops/tensorrt.py SIDECAR_SCHEMA_VERSION
+
+struct EngineSidecar {
+  int schema_version = 0;
+  std::string tensorrt_version;
+  std::string gpu_name;
+  std::string compute_capability;  // "major.minor"
+  std::string precision;           // fp16 | int8
+  std::string quantization;        // none | explicit | calibrated
+  std::string input_name;
+  int min_batch = 0, opt_batch = 0, max_batch = 0;
+  std::array<int, 3> input_chw{};
+  std::string onnx_path;
+  std::string onnx_sha256;
+  std::string engine_sha256;
+  int64_t engine_bytes = 0;
+  std::string built_at;
+  std::vector<float> mean;
+  std::vector<float> std;
+  int input_size = 0;
+  std::vector<std::string> class_names;
+};
+
+// `<engine>.json`, beside the engine (ops/tensorrt.py sidecar_path).
+std::string sidecar_path(const std::string& engine_path);
+
+// Parse and validate every field as EngineSidecar.from_dict does (exact key set, schema
+// version, types). `source` names the file in messages. Throws visionforge::Error.
+EngineSidecar parse_sidecar(const std::string& json_text, const std::string& source);
+EngineSidecar read_sidecar(const std::string& engine_path);
+
+// Refuse an engine built by another TensorRT release or on another GPU model; both sides are
+// named and the fix (rebuild here) is stated. Releases compare on major.minor.patch: the
+// runtime library reports no build number, and engines are compatible within a patch release.
+void check_engine_compatible(const EngineSidecar& sidecar, const std::string& tensorrt_version,
+                             const std::string& gpu_name, const std::string& compute_capability,
+                             const std::string& engine_path);
+
+// Refuse engine bytes that are not the ones the sidecar describes (truncated or replaced).
+void check_engine_bytes(const EngineSidecar& sidecar, const std::vector<char>& bytes,
+                        const std::string& engine_path);
+
+// Pre-processing for an engine. The sidecar carries mean, std, input size and class names;
+// the output stride is taken from the engine's output shape by the caller, and the letterbox
+// padding and colour order are the pipeline's (PAD_VALUE, RGB), which the sidecar does not record.
+ModelInfo model_info_from_sidecar(const EngineSidecar& sidecar, int output_stride);
+
+}  // namespace visionforge

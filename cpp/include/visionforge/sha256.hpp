@@ -1,0 +1,13 @@
+// SHA-256 of a byte buffer, lower-case hex: the engine sidecar records the engine's digest so
+// a truncated or swapped engine is refused before TensorRT sees it. Self-contained (FIPS
+// 180-4) so the program needs no crypto library for this one check.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+namespace visionforge {
+
+std::string sha256_hex(const void* data, size_t size);
+
+}  // namespace visionforge

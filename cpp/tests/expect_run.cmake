@@ -1,0 +1,36 @@
+# Run a command and check how it ends: exit code, a regular expression on its output
+# (stdout and stderr together), and paths that must not exist afterwards (nothing half-written).
+#
+#   cmake -DCOMMAND=<;-list> -DEXPECT_EXIT=<code> -DEXPECT_REGEX=<regex>
+#         [-DMUST_NOT_EXIST=<;-list>] [-DMUST_EXIST=<;-list>] [-DCLEAN=<;-list>] -P expect_run.cmake
+foreach(path IN LISTS CLEAN MUST_NOT_EXIST MUST_EXIST)
+  file(REMOVE_RECURSE "${path}")
+endforeach()
+execute_process(COMMAND ${COMMAND} RESULT_VARIABLE code OUTPUT_VARIABLE out ERROR_VARIABLE err)
+set(all "${out}${err}")
+if(NOT "${code}" STREQUAL "${EXPECT_EXIT}")
+  message(FATAL_ERROR "exit code ${code}, expected ${EXPECT_EXIT}; output:\n${all}")
+endif()
+if(DEFINED EXPECT_REGEX AND NOT all MATCHES "${EXPECT_REGEX}")
+  message(FATAL_ERROR "output does not match '${EXPECT_REGEX}':\n${all}")
+endif()
+foreach(path IN LISTS MUST_NOT_EXIST)
+  if(EXISTS "${path}")
+    message(FATAL_ERROR "${path} exists after the run, it must not; output:\n${all}")
+  endif()
+endforeach()
+foreach(path IN LISTS MUST_EXIST)
+  if(NOT EXISTS "${path}")
+    message(FATAL_ERROR "${path} was not written; output:\n${all}")
+  endif()
+endforeach()
+# Stray temporaries (".<stem>.partial-<pid>.<ext>") beside the outputs would be half-written files.
+foreach(path IN LISTS MUST_NOT_EXIST MUST_EXIST)
+  get_filename_component(dir "${path}" DIRECTORY)
+  get_filename_component(stem "${path}" NAME_WE)
+  file(GLOB partial "${dir}/.${stem}.partial-*")
+  if(partial)
+    message(FATAL_ERROR "temporary files left behind: ${partial}")
+  endif()
+endforeach()
+message(STATUS "ok: exit ${code}")
