@@ -19,13 +19,15 @@ UI_PORT ?= 3000
 # This machine's pip config lists extra local indexes that may be absent; their warnings are noise.
 PIP_QUIET := grep -v 'is ignored: it is neither a file nor a directory' || true
 
-.PHONY: help setup browser demo ui test test-fast lint clean
+.PHONY: help setup browser demo ui test test-fast lint clean cpp-deps cpp demo-video detect-video
 
 help:
 	@echo "make demo       set up .venv, then materialise the whole asset graph on generated traffic data"
 	@echo "make ui         the Dagster UI (webserver + daemon: schedules, sensors) on http://$(UI_HOST):$(UI_PORT)"
 	@echo "make test       set up .venv, then run the whole test suite (what CI runs)"
 	@echo "make test-fast  the tests without the slow end-to-end ones"
+	@echo "make cpp        build the C++ detector into build/cpp (installs its Debian packages if missing)"
+	@echo "make detect-video  run the C++ detector on the demo's traffic video (after make demo)"
 	@echo "make lint       ruff"
 	@echo "make clean      remove generated data and artefacts (keeps the environments)"
 
@@ -69,7 +71,46 @@ browser:
 	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } || \
 	  echo "==> could not install Debian's chromium: the browser test will be skipped"
 
-test: setup browser
+# The C++ detector (cpp/): Debian's toolchain and libraries, then CMake + Ninja into build/cpp.
+# Installed when missing (root, or sudo when available), as CI starts from a clean machine.
+CPP_PACKAGES := cmake ninja-build g++ libopencv-dev libgtest-dev nlohmann-json3-dev
+CPP_BUILD := build/cpp
+CPP_STAMP := build/.cpp-packages
+CPP_JOBS ?= 2
+DEMO_VIDEO := artifacts/traffic/video/traffic.mp4
+DEMO_ONNX := artifacts/traffic/onnx/model.onnx
+
+$(CPP_STAMP):
+	@missing=$$(for p in $(CPP_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "==> installing Debian packages for the C++ detector:" $$missing; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; \
+	  else echo "need root or sudo to apt-get install" $$missing >&2; exit 1; fi; \
+	  $$sudo apt-get update -q >/dev/null && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null; \
+	fi
+	mkdir -p $(@D) && touch $@
+
+cpp-deps: $(CPP_STAMP)
+
+cpp: $(STAMP) $(CPP_STAMP)
+	cmake -S cpp -B $(CPP_BUILD) -G Ninja
+	cmake --build $(CPP_BUILD) --parallel $(CPP_JOBS)
+
+# A 5 s procedural traffic clip with moving vehicles (ops/data/traffic_video.py).
+$(DEMO_VIDEO): | $(STAMP)
+	$(BIN)/python -m ops.data.traffic_video $@
+
+demo-video: $(DEMO_VIDEO)
+
+$(DEMO_ONNX): | $(STAMP)
+	$(BIN)/visionforge export traffic
+
+detect-video: cpp $(DEMO_VIDEO) $(DEMO_ONNX)
+	$(CPP_BUILD)/visionforge-detect $(DEMO_ONNX) $(DEMO_VIDEO) \
+	  --output $(basename $(DEMO_VIDEO))_detections.mp4 --json $(basename $(DEMO_VIDEO))_detections.jsonl
+
+test: setup browser cpp-deps
 	$(BIN)/python -m pytest -ra
 
 test-fast: setup
