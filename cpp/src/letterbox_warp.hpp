@@ -25,6 +25,7 @@
 
 #include <array>
 #include <cstdint>
+#include <stdexcept>
 
 #include <opencv2/core.hpp>
 

@@ -1,0 +1,158 @@
+"""The C++ detector (cpp/): built with CMake and Ninja, its CTest suite run, and its output
+compared with the Python pipeline's on a video and a folder of images.
+
+CTest's first test writes the shared vectors (tests/cpp/make_test_vectors.py: a tiny exported
+detector, rendered images and a rendered traffic clip, Python's raw outputs and detections) into
+``build/cpp/test_vectors``; the GoogleTest suite checks the decoder, pre-processing and the ONNX
+Runtime backend against them and the program's refusals of bad input. Here the program's JSON
+lines are compared with the Python pipeline's on the same clip and images.
+
+The toolchain comes from Debian (``make test`` installs it: see the Makefile's apt step); only
+a machine without it skips, with the command that installs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+SOURCE = REPO_ROOT / "cpp"
+BUILD = REPO_ROOT / "build" / "cpp"
+VECTORS = BUILD / "test_vectors"
+PROGRAM = BUILD / "visionforge-detect"
+APT_HINT = (
+    "make cpp (or: apt-get install cmake ninja-build g++ libopencv-dev libgtest-dev nlohmann-json3-dev)"
+)
+# Headers of the Debian packages the build needs, to name a missing one in the skip reason.
+REQUIRED_HEADERS = {
+    "libopencv-dev": Path("/usr/include/opencv4/opencv2/core.hpp"),
+    "libgtest-dev": Path("/usr/include/gtest/gtest.h"),
+    "nlohmann-json3-dev": Path("/usr/include/nlohmann/json.hpp"),
+}
+BOX_TOLERANCE = 1e-3  # pixels
+SCORE_TOLERANCE = 1e-4
+
+
+def _missing_toolchain() -> str | None:
+    missing = [tool for tool in ("cmake", "ninja", "g++") if shutil.which(tool) is None]
+    missing += [package for package, header in REQUIRED_HEADERS.items() if not header.is_file()]
+    return f"C++ toolchain missing ({', '.join(missing)}): {APT_HINT}" if missing else None
+
+
+def _run(command: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def built() -> Path:
+    reason = _missing_toolchain()
+    if reason:
+        pytest.skip(reason)
+    configure = _run(["cmake", "-S", str(SOURCE), "-B", str(BUILD), "-G", "Ninja"], timeout=300)
+    assert configure.returncode == 0, configure.stdout + configure.stderr
+    jobs = str(max(1, min(os.cpu_count() or 1, 4)))
+    build = _run(["cmake", "--build", str(BUILD), "--parallel", jobs], timeout=1800)
+    assert build.returncode == 0, build.stdout[-6000:] + build.stderr[-6000:]
+    return BUILD
+
+
+@pytest.fixture(scope="module")
+def ctest_run(built: Path) -> subprocess.CompletedProcess[str]:
+    return _run(["ctest", "--test-dir", str(built), "--output-on-failure", "--parallel", "2"], timeout=1800)
+
+
+def test_ctest_suite_passes(ctest_run: subprocess.CompletedProcess[str]) -> None:
+    assert ctest_run.returncode == 0, ctest_run.stdout[-8000:] + ctest_run.stderr[-2000:]
+    assert "100% tests passed" in ctest_run.stdout
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _assert_same_detections(cpp: list[dict], python: list[dict]) -> None:
+    assert len(cpp) == len(python), f"{len(cpp)} frames from C++, {len(python)} from Python"
+    for ours, theirs in zip(cpp, python, strict=True):
+        where = f"{theirs['source']} frame {theirs['frame']}"
+        assert Path(ours["source"]).name == Path(theirs["source"]).name, where
+        assert (ours["frame"], ours["width"], ours["height"]) == (
+            theirs["frame"],
+            theirs["width"],
+            theirs["height"],
+        ), where
+        assert len(ours["detections"]) == len(theirs["detections"]), where
+        for rank, (a, b) in enumerate(zip(ours["detections"], theirs["detections"], strict=True)):
+            assert (a["class"], a["label"]) == (b["class"], b["label"]), f"{where} rank {rank}"
+            assert a["score"] == pytest.approx(b["score"], abs=SCORE_TOLERANCE), f"{where} rank {rank}"
+            assert a["box"] == pytest.approx(b["box"], abs=BOX_TOLERANCE), f"{where} rank {rank}"
+
+
+@pytest.mark.parametrize(
+    ("input_name", "reference"), [("clip.mp4", "python_clip.jsonl"), ("images", "python_images.jsonl")]
+)
+def test_program_matches_python_pipeline(
+    ctest_run: subprocess.CompletedProcess[str], tmp_path: Path, input_name: str, reference: str
+) -> None:
+    manifest = json.loads((VECTORS / "manifest.json").read_text())
+    output = tmp_path / ("annotated.mp4" if input_name.endswith(".mp4") else "annotated")
+    detections = tmp_path / "detections.jsonl"
+    run = _run(
+        [
+            str(PROGRAM),
+            str(VECTORS / manifest["model"]),
+            str(VECTORS / input_name),
+            "--threshold",
+            str(manifest["program_threshold"]),
+            "--top-k",
+            str(manifest["top_k"]),
+            "--threads",
+            str(manifest["threads"]),
+            "--json",
+            str(detections),
+            "--output",
+            str(output),
+        ],
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    _assert_same_detections(_lines(detections), _lines(VECTORS / reference))
+    if output.suffix == ".mp4":
+        capture = cv2.VideoCapture(str(output))
+        frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        capture.release()
+        assert frames == manifest["clip"]["frames"]
+    else:
+        assert sorted(p.name for p in output.iterdir()) == sorted(
+            Path(r["image"]).name for r in manifest["images"]
+        )
+    assert not list(tmp_path.glob(".*partial*")), "temporary files left behind"
+
+
+def test_program_survives_corrupt_frames(ctest_run: subprocess.CompletedProcess[str], tmp_path: Path) -> None:
+    manifest = json.loads((VECTORS / "manifest.json").read_text())
+    corrupt = manifest["corrupt_video"]
+    detections = tmp_path / "corrupt.jsonl"
+    run = _run(
+        [
+            str(PROGRAM),
+            str(VECTORS / "model.onnx"),
+            str(VECTORS / corrupt["file"]),
+            "--json",
+            str(detections),
+        ],
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "cannot be decoded (corrupt data); skipped" in run.stderr
+    frames = [line["frame"] for line in _lines(detections)]
+    assert frames == [i for i in range(corrupt["frames"]) if i not in corrupt["corrupt"]]
