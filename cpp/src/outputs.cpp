@@ -91,10 +91,12 @@ void draw_detections(cv::Mat& bgr, const std::vector<ImageDetection>& detections
     const std::string label = class_names.at(static_cast<size_t>(det.class_index)) + score;
     int baseline = 0;
     const cv::Size text = cv::getTextSize(label, cv::FONT_HERSHEY_SIMPLEX, font, 1, &baseline);
+    // Above the box, kept inside the frame so captions near the edges stay readable.
     const int top = std::max(p1.y - text.height - baseline, 0);
-    cv::rectangle(bgr, cv::Point(p1.x, top), cv::Point(p1.x + text.width, top + text.height + baseline), colour,
+    const int left = std::max(std::min(p1.x, bgr.cols - text.width), 0);
+    cv::rectangle(bgr, cv::Point(left, top), cv::Point(left + text.width, top + text.height + baseline), colour,
                   cv::FILLED);
-    cv::putText(bgr, label, cv::Point(p1.x, top + text.height), cv::FONT_HERSHEY_SIMPLEX, font,
+    cv::putText(bgr, label, cv::Point(left, top + text.height), cv::FONT_HERSHEY_SIMPLEX, font,
                 cv::Scalar(255, 255, 255), 1, cv::LINE_AA);
   }
 }
