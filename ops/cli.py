@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,37 @@ def build_parser() -> argparse.ArgumentParser:
         "writes benchmark/<trained|full_size>/benchmark.json and benchmark.png.",
     )
     bench.add_argument("task", choices=TASKS, help="which task's model")
+    promote = commands.add_parser(
+        "promote",
+        parents=[common],
+        help="release: alias 'candidate' on the validated versions, 'champion' if they earn it",
+        description="Look up (or register) the MLflow model version of every artefact on disk, then "
+        "set the alias 'candidate' on them and move 'champion' only when every validation gate "
+        "passed and no format's metric (release.metric) is below its champion's by more than "
+        "release.map_tolerance. Nothing moves when a gate failed; the decision and its reasons are "
+        "tagged on the versions. Exit status 1 when the release is blocked.",
+    )
+    promote.add_argument("task", choices=TASKS, help="which task's artefacts")
+
+    status = commands.add_parser(
+        "status",
+        parents=[common],
+        help="the dataset's data version (its DVC hash) and whether dvc.lock records it",
+        description="Hash the dataset directory as DVC does and compare it with dvc.lock: "
+        "'committed', 'untracked', or 'modified' (changed on disk without `dvc commit`, exit status 1).",
+    )
+    status.add_argument("task", choices=TASKS, help="which task's dataset")
+
+    remote = commands.add_parser(
+        "remote",
+        parents=[common],
+        help="make storage.* in params DVC's default remote (a local directory or S3)",
+        description="Write storage.remote (local directory, or s3://<bucket>/<prefix>/dvc with its "
+        "endpoint and region) to .dvc/config as the default remote. Credentials are never written: "
+        "DVC reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) from the environment.",
+    )
+    remote.add_argument("--local", action="store_true", help="write .dvc/config.local (this machine only)")
+
     bench.add_argument(
         "--full-size",
         action="store_true",
@@ -169,10 +201,61 @@ def _params(args: argparse.Namespace) -> Params:
     return load_params(args.params, dict(args.overrides))
 
 
+# Commands whose step is recorded in MLflow (the name is the step's name in ops.stages).
+TRACKED = (
+    "ingest",
+    "train",
+    "evaluate",
+    "export",
+    "quantize",
+    "build-engine",
+    "validate",
+    "benchmark",
+    "prune",
+)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the command; a step is recorded in MLflow afterwards (the tracker connects first, so an
+    unreachable server fails before hours of work, not after)."""
+    params = _params(args)
+    if args.command == "status":
+        from ops.versioning import dataset_status
+
+        state = dataset_status(params, args.task)
+        return {
+            "dataset": str(state.path),
+            "data_version": state.version,
+            "recorded": state.recorded,
+            "state": state.state,
+            "detail": state.describe(),
+        }
+    if args.command == "remote":
+        from ops.storage import dvc_remote
+        from ops.versioning import configure_remote
+
+        name = configure_remote(".", params, local=args.local)
+        return {"remote": name, "url": dvc_remote(params.storage).url}
+    from ops.tracking import PIPELINE_RUN_ENV, Tracker
+
+    tracker = Tracker(params)
+    if args.command == "promote":
+        return tracker.promote(args.task, os.environ.get(PIPELINE_RUN_ENV)).to_dict()
+    outcome = _run_step(args, params)
+    if args.command in TRACKED:
+        record = tracker.log_step(args.task, args.command, os.environ.get(PIPELINE_RUN_ENV))
+        if record is not None:
+            outcome["mlflow"] = {
+                "run_id": record.run_id,
+                "tracking_uri": record.tracking_uri,
+                "registered": {fmt: f"{r.name} v{r.version}" for fmt, r in record.registered.items()},
+            }
+    return outcome
+
+
+def _run_step(args: argparse.Namespace, params: Params) -> dict[str, Any]:
     from ops import traffic  # heavy imports (torch) only once arguments are valid
 
-    params = _params(args)
     if args.command == "ingest":
         reports = traffic.ingest(params)
         return {
@@ -235,6 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "validate" and not outcome["passed"]:
         failed = [g["name"] for g in outcome["gates"] if not g["passed"]]
         print(f"visionforge validate: gates failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    if args.command == "promote" and outcome["decision"] == "blocked":
+        print(f"visionforge promote: blocked: {'; '.join(outcome['reasons'])}", file=sys.stderr)
+        return 1
+    if args.command == "status" and outcome["state"] == "modified":
+        print(f"visionforge status: {outcome['detail']}", file=sys.stderr)
         return 1
     return 0
 

@@ -163,6 +163,20 @@ class ValidationConfig(StrictModel):
     min_output_cosine: float = Field(ge=0, le=1, description="FP32 ONNX vs PyTorch output similarity.")
 
 
+class ReleaseConfig(StrictModel):
+    """When a validated candidate replaces the registry's champion (alias ``champion``)."""
+
+    metric: Literal["map50", "map50_95"] = Field(
+        description="The validation metric candidate and champion are compared on, per format."
+    )
+    map_tolerance: float = Field(
+        ge=0,
+        le=1,
+        description="How far (mAP / 100) a candidate may fall below the champion and still be "
+        "promoted: retraining noise should not block a release, a real regression should.",
+    )
+
+
 class TrafficConfig(StrictModel):
     dataset: DatasetConfig
     model: ModelConfig
@@ -174,11 +188,58 @@ class TrafficConfig(StrictModel):
     tensorrt: TensorRTConfig
     benchmark: BenchmarkConfig
     validation: ValidationConfig
+    release: ReleaseConfig
+
+
+class TrackingConfig(StrictModel):
+    """MLflow: runs per step, a model registry per artefact format (see ``ops.tracking``)."""
+
+    enabled: bool = Field(
+        description="false: explicit offline mode. Steps run and say, in a warning, that nothing "
+        "is recorded; nothing is queued for later. Promotion needs the registry and refuses."
+    )
+    uri: str | None = Field(
+        description="A tracking server (http://host:5000). null: the embedded store below. The "
+        "environment variable MLFLOW_TRACKING_URI, when set, wins over both."
+    )
+    store: Path = Field(description="Embedded default: the SQLite file of runs and registry.")
+    artifacts: Path = Field(
+        description="Embedded default: where run artefacts are stored (storage.remote: s3 puts "
+        "them in the bucket instead)."
+    )
+    experiment_prefix: str = Field(description="Experiment per task: <prefix><task>.")
+    connect_retries: int = Field(ge=1, description="Attempts to reach a tracking server before failing.")
+    connect_timeout_s: float = Field(gt=0, description="Seconds each attempt (and each request) may take.")
+
+
+class S3Config(StrictModel):
+    """An S3 or S3-compatible bucket. Credentials never go here: boto3, DVC and MLflow read them
+    from the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)."""
+
+    bucket: str = Field(min_length=3, description="Bucket name (must exist).")
+    prefix: str = Field(description="Key prefix inside the bucket; '' for the bucket root.")
+    endpoint_url: str | None = Field(
+        description="S3-compatible service (MinIO, nanio, ...); null for AWS itself."
+    )
+    region: str = Field(description="Region the bucket lives in (signatures depend on it).")
+
+
+class StorageConfig(StrictModel):
+    """Where DVC pushes data and models (and MLflow keeps artefacts when it is on S3)."""
+
+    remote: Literal["local", "s3"] = Field(
+        description="local: a directory remote (local_dir); s3: the bucket below, for DVC and "
+        "for the embedded MLflow store's artefacts."
+    )
+    local_dir: Path = Field(description="DVC's directory remote, relative to the repository root.")
+    s3: S3Config
 
 
 class Params(StrictModel):
     project: ProjectConfig
     traffic: TrafficConfig
+    tracking: TrackingConfig
+    storage: StorageConfig
 
     def task_dir(self, task: str) -> Path:
         """Directory of one task's outputs, e.g. ``artifacts/traffic``."""

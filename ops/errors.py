@@ -29,3 +29,16 @@ class ExportError(VisionForgeError):
 
 class EngineError(VisionForgeError):
     """A TensorRT engine is missing, corrupt, or was built for another GPU / TensorRT version."""
+
+
+class TrackingError(VisionForgeError):
+    """The MLflow tracking server or model registry is unreachable or refuses an operation."""
+
+
+class VersioningError(VisionForgeError):
+    """DVC failed (not installed, not initialised, a stage or push/pull failed), or data changed
+    on disk without being committed to DVC."""
+
+
+class StorageError(VisionForgeError):
+    """The S3 bucket is missing, unreachable, or refuses the credentials (never printed)."""

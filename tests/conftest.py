@@ -24,6 +24,9 @@ def tiny_params_dict(workdir: Path) -> dict:
     traffic["model"].update(input_size=128, width_mult=0.25, head_width=16)
     traffic["train"].update(epochs=2, batch_size=8, num_workers=0, device="cpu")
     traffic["evaluate"]["num_sample_images"] = 4
+    # MLflow and DVC's remote in the test's directory, never the project's
+    raw["tracking"].update(uri=None, store=str(workdir / "mlruns.db"), artifacts=str(workdir / "mlartifacts"))
+    raw["storage"]["local_dir"] = str(workdir / "dvc-storage")
     return raw
 
 
@@ -52,3 +55,22 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params = load_params(write_params(workdir, tiny_params_dict(workdir)))
     cfg = params.traffic.dataset
     return generate_traffic_dataset(cfg.root, cfg.generator, progress=False)
+
+
+@pytest.fixture(scope="session")
+def mlflow_template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite store, migrated once: creating one takes seconds of migrations, a copy none."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlruns.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def tracked_params(tmp_path: Path, mlflow_template_db: Path) -> Params:
+    """Tiny params whose MLflow store (a copy of the migrated template) lives in ``tmp_path``."""
+    import shutil
+
+    shutil.copyfile(mlflow_template_db, tmp_path / "mlruns.db")
+    return load_params(write_params(tmp_path, tiny_params_dict(tmp_path)))
