@@ -349,11 +349,18 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
         summary = steps.validate(cfg)
         layout = TaskLayout.for_task(cfg, task)
         reported = {gate["name"]: gate for gate in summary["gates"]}
+        unchecked = sorted(set(reported) - set(gates))
+        if unchecked:  # a gate no check would show could fail unseen: refuse instead
+            raise Failure(
+                f"{task}/validation: gates {', '.join(unchecked)} have no asset check; add them to "
+                f"assets.factory.TASK_GATES[{task!r}]",
+                metadata={"gates": MetadataValue.json(summary["gates"])},
+            )
         results = []
         for gate in gates:
             if gate in reported:
                 results.append(_gate_result(reported[gate], key("validation")))
-            else:  # e.g. a TensorRT precision params.yaml does not ask for
+            else:  # validate judges only what params asks for, e.g. the TensorRT precisions listed
                 results.append(
                     AssetCheckResult(
                         asset_key=key("validation"),
@@ -363,8 +370,6 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
                         description="skipped: not requested by params",
                     )
                 )
-        for name in sorted(set(reported) - set(gates)):
-            context.log.warning(f"{task}/validation: gate {name} has no asset check (see TASK_GATES)")
         backends = summary["metrics"]
         metadata: dict[str, Any] = {
             "passed": MetadataValue.bool(bool(summary["passed"])),

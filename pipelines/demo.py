@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 from dagster import DagsterEventType, DagsterInstance, EventLogEntry
+from tqdm import tqdm
 
 from ops.config import DEFAULT_PARAMS_PATH
 
@@ -301,7 +302,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="override one value for this run, e.g. --set traffic.train.epochs=2; repeatable",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # the library's progress (epochs, metrics, gates) at INFO; other libraries only when they warn
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("ops", "pipelines"):
+        logging.getLogger(name).setLevel(logging.INFO)
     if os.environ.get("DAGSTER_HOME"):
         instance = DagsterInstance.get()
     else:
@@ -312,7 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the progress lines replace Dagster's own event stream on the console
         "loggers": {"console": {"config": {"log_level": "WARNING"}}},
     }
-    summary = run_graph(instance, run_config, tags={"visionforge/source": "demo"})
+    # tqdm.write keeps a progress line from landing in the middle of a step's progress bar
+    summary = run_graph(instance, run_config, echo=tqdm.write, tags={"visionforge/source": "demo"})
     print("\n" + format_summary(summary), flush=True)
     print(f"\nOpen the UI to see every asset, its plots and checks:\n  {UI_COMMAND}", flush=True)
     return 0 if summary.success else 1

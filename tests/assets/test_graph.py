@@ -137,7 +137,8 @@ def test_progress_line_per_asset_and_summary_table(graph):
 def test_a_broken_gate_fails_its_check_and_blocks_the_release(graph, instance):
     params_path, first, _ = graph
     job = defs.resolve_job_def("release_traffic")
-    run_config = _run_config(params_path, {"traffic.validation.max_map50_drop_onnx": 0.0})
+    overrides = {"traffic.validation.max_map50_drop_onnx": 0.0, "traffic.tensorrt.precisions": ["fp16"]}
+    run_config = _run_config(params_path, overrides)
     run_config["ops"] = {"traffic__validation": {"config": {"benchmark": False}}}
     result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
     assert not result.success
@@ -149,6 +150,8 @@ def test_a_broken_gate_fails_its_check_and_blocks_the_release(graph, instance):
     assert failed.metadata["threshold"].value == 0.0
     assert failed.metadata["value"].value == pytest.approx(0.0)
     assert checks["output_cosine_onnx"].passed
+    not_requested = checks["map50_drop_trt_int8"]  # a precision params does not ask for
+    assert not_requested.passed and not_requested.metadata["note"].value == "skipped: not requested by params"
     assert "traffic/release" not in _materializations(instance, result.run_id)
     latest = instance.get_latest_materialization_event(AssetKey(["traffic", "release"]))
     assert latest.run_id == first.run_id  # the earlier promotion is still the latest
