@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -280,6 +281,17 @@ def format_summary(summary: RunSummary) -> str:
     return "\n".join(parts)
 
 
+class _DropRunPrefix(logging.Filter):
+    """Dagster prefixes the library's lines with job, run id and step; the progress lines say that."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = _RUN_PREFIX.sub("", record.getMessage()), ()
+        return True
+
+
+_RUN_PREFIX = re.compile(r"^\S+ - [0-9a-f-]{36} - \S+ - ")
+
+
 def _override(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep:
@@ -306,6 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("ops", "pipelines"):
         logging.getLogger(name).setLevel(logging.INFO)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_DropRunPrefix())
     if os.environ.get("DAGSTER_HOME"):
         instance = DagsterInstance.get()
     else:
@@ -313,8 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         instance = DagsterInstance.ephemeral()
     run_config = {
         "resources": {"params": {"config": {"path": args.params, "overrides": dict(args.overrides)}}},
-        # the progress lines replace Dagster's own event stream on the console
-        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+        # the progress lines replace Dagster's own event stream on the console; the library's
+        # warnings already reach it through Python's logging, so Dagster shows errors only
+        "loggers": {"console": {"config": {"log_level": "ERROR"}}},
     }
     # tqdm.write keeps a progress line from landing in the middle of a step's progress bar
     summary = run_graph(instance, run_config, echo=tqdm.write, tags={"visionforge/source": "demo"})
