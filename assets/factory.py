@@ -39,32 +39,6 @@ from ops.layout import TaskLayout
 
 STAGES = ("dataset", "model", "onnx", "int8", "tensorrt", "validation", "release")
 
-# The release gates each task's ``validate`` judges, by the names it reports them under. They
-# become asset checks of ``<task>/validation``; Dagster needs them before the first run.
-TASK_GATES: dict[str, tuple[str, ...]] = {
-    "traffic": (
-        "output_cosine_onnx",
-        "map50_drop_onnx",
-        "map50_drop_onnx-int8",
-        "map50_drop_trt-fp16",
-        "map50_drop_trt-int8",
-    ),
-}
-
-GATE_DESCRIPTIONS = {
-    "output_cosine_onnx": "Lowest cosine similarity of the FP32 ONNX model's outputs to PyTorch's "
-    "must reach validation.min_output_cosine.",
-    "map50_drop_onnx": "mAP@0.5 lost by the FP32 ONNX model against PyTorch must stay below "
-    "validation.max_map50_drop_onnx.",
-    "map50_drop_onnx-int8": "mAP@0.5 lost by the INT8 ONNX model against PyTorch must stay below "
-    "validation.max_map50_drop_onnx.",
-    "map50_drop_trt-fp16": "mAP@0.5 lost by the TensorRT FP16 engine against PyTorch must stay below "
-    "validation.max_map50_drop_tensorrt (skipped, and not blocking, without a GPU).",
-    "map50_drop_trt-int8": "mAP@0.5 lost by the TensorRT INT8 engine against PyTorch must stay below "
-    "validation.max_map50_drop_tensorrt (skipped, and not blocking, without a GPU).",
-}
-
-
 def check_name(gate_name: str) -> str:
     """Dagster check names allow letters, digits and underscores only (``onnx-int8`` has a dash)."""
     return gate_name.replace("-", "_")
@@ -145,7 +119,7 @@ def _integrity_result(
 def build_task_assets(task: str) -> list[AssetsDefinition]:
     """The chain of ``task`` as Dagster assets keyed ``<task>/<stage>``, checks attached."""
     steps = importlib.import_module(f"ops.{task}")
-    gates = TASK_GATES[task]
+    gates = tuple(steps.GATES)  # every gate validate() can report; Dagster needs them up front
 
     def key(stage: str) -> AssetKey:
         return AssetKey([task, stage])
@@ -336,7 +310,7 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
                 check_name(gate),
                 asset=key("validation"),
                 blocking=True,
-                description=GATE_DESCRIPTIONS.get(gate),
+                description=steps.GATES[gate],
             )
             for gate in gates
         ],
@@ -353,7 +327,7 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
         if unchecked:  # a gate no check would show could fail unseen: refuse instead
             raise Failure(
                 f"{task}/validation: gates {', '.join(unchecked)} have no asset check; add them to "
-                f"assets.factory.TASK_GATES[{task!r}]",
+                f"ops.{task}.GATES",
                 metadata={"gates": MetadataValue.json(summary["gates"])},
             )
         results = []

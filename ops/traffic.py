@@ -45,6 +45,20 @@ from ops.train import TrainDetectorResult, build_detector, load_detector, train_
 log = logging.getLogger(__name__)
 TASK = "traffic"
 SPLITS = ("train", "val")
+# Every gate ``validate`` can report, with what it demands. The orchestration layer declares
+# one asset check per gate before the first run, so the list lives here, beside the judge.
+GATES = {
+    "output_cosine_onnx": "Lowest cosine similarity of the FP32 ONNX model's outputs to PyTorch's "
+    "must reach validation.min_output_cosine.",
+    "map50_drop_onnx": "mAP@0.5 lost by the FP32 ONNX model against PyTorch must stay below "
+    "validation.max_map50_drop_onnx.",
+    "map50_drop_onnx-int8": "mAP@0.5 lost by the INT8 ONNX model against PyTorch must stay below "
+    "validation.max_map50_drop_onnx.",
+    "map50_drop_trt-fp16": "mAP@0.5 lost by the TensorRT FP16 engine against PyTorch must stay below "
+    "validation.max_map50_drop_tensorrt (skipped, and not blocking, without a GPU).",
+    "map50_drop_trt-int8": "mAP@0.5 lost by the TensorRT INT8 engine against PyTorch must stay below "
+    "validation.max_map50_drop_tensorrt (skipped, and not blocking, without a GPU).",
+}
 
 
 def ingest(params: Params) -> dict[str, Any]:
@@ -259,6 +273,8 @@ def validate(params: Params) -> dict[str, Any]:
         else:
             reason = builds.get(precision, {}).get("reason", "engine not built")
             gates.append(skipped_gate(f"map50_drop_{backend}", cfg.max_map50_drop_tensorrt, "<", reason))
+    unknown = [g.name for g in gates if g.name not in GATES]
+    assert not unknown, f"gates {unknown} missing from GATES"  # a bug here, not a user error
     summary = {
         "passed": all_passed(gates),
         "gates": [g.to_dict() for g in gates],
