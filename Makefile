@@ -55,11 +55,16 @@ $(DAGSTER_HOME)/dagster.yaml: pipelines/dagster.yaml
 
 # The whole asset graph (dataset -> model -> onnx -> int8 -> tensorrt -> validation -> release)
 # in one Dagster run, recorded in DAGSTER_HOME so `make ui` shows it afterwards.
-demo: setup $(DAGSTER_HOME)/dagster.yaml
+# The demo also renders a short traffic clip, so the C++ detector always has a video to run on.
+DEMO_VIDEO := artifacts/traffic/video/traffic.mp4
+DEMO_ONNX := artifacts/traffic/onnx/model.onnx
+
+demo: setup $(DAGSTER_HOME)/dagster.yaml $(DEMO_VIDEO)
 	@echo "==> demo: materialising the traffic asset graph on params.yaml (DAGSTER_HOME=$(DAGSTER_HOME))"
 	@start=$$(date +%s); \
 	$(BIN)/python -m pipelines.demo; \
 	echo "==> demo finished in $$(( $$(date +%s) - start )) s"
+	@echo "==> the C++ detector on the demo video ($(DEMO_VIDEO)): make detect-video"
 
 ui: setup $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h $(UI_HOST) -p $(UI_PORT)
@@ -77,8 +82,6 @@ CPP_PACKAGES := cmake ninja-build g++ libopencv-dev libgtest-dev nlohmann-json3-
 CPP_BUILD := build/cpp
 CPP_STAMP := build/.cpp-packages
 CPP_JOBS ?= 2
-DEMO_VIDEO := artifacts/traffic/video/traffic.mp4
-DEMO_ONNX := artifacts/traffic/onnx/model.onnx
 
 $(CPP_STAMP):
 	@missing=$$(for p in $(CPP_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
