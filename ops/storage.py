@@ -104,9 +104,14 @@ def _where(cfg: S3Config) -> str:
     return f"bucket {cfg.bucket!r} at {cfg.endpoint_url or 'AWS S3'}"
 
 
-def storage_error(exc: Exception, cfg: S3Config, action: str) -> StorageError:
-    """A boto3/botocore failure as one clear :class:`StorageError` naming the bucket, never a secret."""
+def storage_error(exc: Exception, cfg: S3Config, action: str, key: str | None = None) -> StorageError:
+    """A boto3/botocore failure as one clear :class:`StorageError` naming the bucket, never a secret.
+
+    ``key`` is the object an operation was about: a bare 404 then means that object is missing
+    (HEAD requests carry no error code, so a 404 alone cannot say more).
+    """
     from botocore.exceptions import (
+        BotoCoreError,
         ClientError,
         ConnectTimeoutError,
         EndpointConnectionError,
@@ -115,6 +120,12 @@ def storage_error(exc: Exception, cfg: S3Config, action: str) -> StorageError:
         ReadTimeoutError,
     )
 
+    # boto3's transfer manager wraps the client error in its own (S3UploadFailedError): unwrap it
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, (ClientError, BotoCoreError)):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, Exception):
+        exc = cause
     where = _where(cfg)
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         message = (
@@ -126,10 +137,10 @@ def storage_error(exc: Exception, cfg: S3Config, action: str) -> StorageError:
     elif isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         code = str(error.get("Code", "unknown"))
-        if code in ("NoSuchBucket", "404") and "Key" not in error:
+        if code == "NoSuchBucket" or (code == "404" and key is None):
             message = f"{action}: {where} does not exist (create it, or fix storage.s3.bucket)"
-        elif code in ("NoSuchKey",):
-            message = f"{action}: no such object in {where}"
+        elif code in ("NoSuchKey", "404"):
+            message = f"{action}: no such object {key!r} in {where}"
         elif code in ("SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "403"):
             message = (
                 f"{action}: {where} refused the credentials ({code}): check AWS_ACCESS_KEY_ID "
@@ -185,7 +196,7 @@ class S3Store:
         try:
             self.client.upload_file(str(path), self.cfg.bucket, key)
         except Exception as exc:
-            raise storage_error(exc, self.cfg, f"uploading {path}") from None
+            raise storage_error(exc, self.cfg, f"uploading {path}", key) from None
         log.info("uploaded %s to s3://%s/%s", path, self.cfg.bucket, key)
         return f"s3://{self.cfg.bucket}/{key}"
 
@@ -197,7 +208,7 @@ class S3Store:
             with atomic_path(path) as tmp:
                 self.client.download_file(self.cfg.bucket, key, str(tmp))
         except Exception as exc:
-            raise storage_error(exc, self.cfg, f"downloading s3://{self.cfg.bucket}/{key}") from None
+            raise storage_error(exc, self.cfg, f"downloading s3://{self.cfg.bucket}/{key}", key) from None
         return path
 
     def list(self, *parts: str) -> list[str]:
