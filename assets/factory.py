@@ -6,10 +6,12 @@
 ``ingest``, ``train``, ``evaluate``, ``export``, ``quantize``, ``build_engines``, ``validate``)
 that turns the step's report into metadata and asset-check results. Decisions (is a gate
 passed, what a release needs) are made by ``ops``; here they are only shown and enforced.
+Every step is recorded in MLflow through the ``tracking`` resource (``ops.tracking``): a run
+nested under this Dagster run's parent run, and its artefact registered; ``<task>/release``
+moves the registry aliases.
 """
 
 import importlib
-import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -29,15 +31,16 @@ from dagster import (
 )
 from pydantic import Field
 
-from assets.metadata import file_entries, image_md, md_table, numeric, plots
-from assets.resources import ParamsResource
-from assets.versioning import dataset_content_hash
+from assets.metadata import file_entries, image_md, md_table, numeric, plots, tracking_entries
+from assets.resources import ParamsResource, TrackingResource
 from ops.errors import DatasetError
-from ops.export import sha256_file
 from ops.gates import cosine_gate
 from ops.layout import TaskLayout
+from ops.tracking import Tracker
+from ops.versioning import dataset_status
 
 STAGES = ("dataset", "model", "onnx", "int8", "tensorrt", "validation", "release")
+
 
 def check_name(gate_name: str) -> str:
     """Dagster check names allow letters, digits and underscores only (``onnx-int8`` has a dash)."""
@@ -142,19 +145,29 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
         ],
         **common,
     )
-    def dataset(context: AssetExecutionContext, params: ParamsResource) -> MaterializeResult:
+    def dataset(
+        context: AssetExecutionContext, params: ParamsResource, tracking: TrackingResource
+    ) -> MaterializeResult:
         cfg = params.load(task)
+        tracker = tracking.open(cfg)
         root = getattr(cfg, task).dataset.root
         try:
             reports, error = steps.ingest(cfg), None
         except DatasetError as exc:  # shown as the failed integrity check, which blocks the chain
             reports, error = None, str(exc)
-        version = dataset_content_hash(root) if root.is_dir() else "missing"
+        status = dataset_status(cfg, task)  # the data version is DVC's hash of the directory
+        version = status.version or "missing"
         context.log.info(f"{task}/dataset: data version {version[:12]}")
+        if status.state == "modified":  # changed on disk without `dvc commit`
+            context.log.warning(f"{task}/dataset: {status.describe()}")
         metadata: dict[str, Any] = {
             "data_version": MetadataValue.text(version),
+            "dvc_state": MetadataValue.text(status.state),
+            "dvc_detail": MetadataValue.text(status.describe()),
             **file_entries("dataset", root),
         }
+        if reports is not None:
+            metadata.update(_record(context, tracker, task, "ingest"))
         for split, report in (reports or {}).items():
             metadata[f"{split}_images"] = MetadataValue.int(report["num_images"])
             metadata[f"{split}_annotations"] = MetadataValue.int(report["num_annotations"])
@@ -179,9 +192,13 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
         **common,
     )
     def model(
-        context: AssetExecutionContext, config: TrainRunConfig, params: ParamsResource
+        context: AssetExecutionContext,
+        config: TrainRunConfig,
+        params: ParamsResource,
+        tracking: TrackingResource,
     ) -> MaterializeResult:
         cfg = params.load(task)
+        tracker = tracking.open(cfg)
         epochs = getattr(cfg, task).train.epochs
 
         def progress(epoch: int) -> None:
@@ -200,6 +217,7 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
             **file_entries("weights", result.model_path),
             "history": MetadataValue.path(str(result.history_path)),
             **plots({"training_curves": result.curves_path, **metrics.get("plots", {})}),
+            **_record(context, tracker, task, "train", "evaluate"),
         }
         return MaterializeResult(metadata=metadata)
 
@@ -220,8 +238,11 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
         ],
         **common,
     )
-    def onnx(context: AssetExecutionContext, params: ParamsResource) -> MaterializeResult:
+    def onnx(
+        context: AssetExecutionContext, params: ParamsResource, tracking: TrackingResource
+    ) -> MaterializeResult:
         cfg = params.load(task)
+        tracker = tracking.open(cfg)
         report = steps.export(cfg)
         parity = report["parity"]
         gate = cosine_gate(
@@ -234,6 +255,7 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
             **file_entries("program", report["program"]),
             **numeric(parity["onnx"], prefix="onnx_"),
             **numeric(parity["program"], prefix="program_"),
+            **_record(context, tracker, task, "export"),
         }
         return MaterializeResult(
             metadata=metadata, check_results=[_gate_result(gate.to_dict(), key("onnx"), "parity")]
@@ -246,8 +268,11 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
         description="The INT8 (QDQ) ONNX model, statically calibrated on training images.",
         **common,
     )
-    def int8(context: AssetExecutionContext, params: ParamsResource) -> MaterializeResult:
+    def int8(
+        context: AssetExecutionContext, params: ParamsResource, tracking: TrackingResource
+    ) -> MaterializeResult:
         cfg = params.load(task)
+        tracker = tracking.open(cfg)
         report = steps.quantize(cfg)
         layout = TaskLayout.for_task(cfg, task)
         fp32_bytes = layout.onnx.stat().st_size if layout.onnx.is_file() else None
@@ -262,6 +287,7 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
         }
         if fp32_bytes:
             metadata["size_vs_fp32"] = MetadataValue.float(report["onnx_bytes"] / fp32_bytes)
+        metadata.update(_record(context, tracker, task, "quantize"))
         return MaterializeResult(metadata=metadata)
 
     @asset(
@@ -272,8 +298,11 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
         "GPU or TensorRT each build is a recorded skip with its reason, never a fake engine.",
         **common,
     )
-    def tensorrt(context: AssetExecutionContext, params: ParamsResource) -> MaterializeResult:
+    def tensorrt(
+        context: AssetExecutionContext, params: ParamsResource, tracking: TrackingResource
+    ) -> MaterializeResult:
         cfg = params.load(task)
+        tracker = tracking.open(cfg)
         outcomes = steps.build_engines(cfg)
         layout = TaskLayout.for_task(cfg, task)
         rows, metadata = [], {}
@@ -296,6 +325,7 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
                 "builds": md_table(["precision", "outcome", "reason"], rows),
                 **metadata,
                 "report": MetadataValue.path(str(layout.tensorrt_report)),
+                **_record(context, tracker, task, "build-engine"),
             },
         )
 
@@ -317,9 +347,13 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
         **common,
     )
     def validation(
-        context: AssetExecutionContext, config: ValidationRunConfig, params: ParamsResource
+        context: AssetExecutionContext,
+        config: ValidationRunConfig,
+        params: ParamsResource,
+        tracking: TrackingResource,
     ) -> MaterializeResult:
         cfg = params.load(task)
+        tracker = tracking.open(cfg)
         summary = steps.validate(cfg)
         layout = TaskLayout.for_task(cfg, task)
         reported = {gate["name"]: gate for gate in summary["gates"]}
@@ -377,64 +411,61 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
                     }
                 )
             )
+        # recorded whether or not the gates passed: the registry keeps failed validations too
+        metadata.update(_record(context, tracker, task, "validate"))
         benchmark: Callable[..., dict[str, Any]] | None = getattr(steps, "benchmark", None)
         if config.benchmark and benchmark is not None:
             metadata.update(_benchmark_metadata(benchmark(cfg)))
+            metadata.update(_record(context, tracker, task, "benchmark"))
         return MaterializeResult(metadata=metadata, check_results=results)
 
     @asset(
         name="release",
         deps=[validation],
-        kinds={"python"},
-        description="The promotion decision for the validated candidate. Runs only after every "
-        "gate passed; until the model registry is connected the decision is recorded here.",
+        kinds={"mlflow"},
+        description="The release decision in the MLflow registry: alias 'candidate' on the validated "
+        "versions; 'champion' moves only when every gate passed and no format's metric is below its "
+        "champion's beyond <task>.release.map_tolerance. Runs only after the blocking gate checks pass.",
         **common,
     )
-    def release(context: AssetExecutionContext, params: ParamsResource) -> MaterializeResult:
+    def release(
+        context: AssetExecutionContext, params: ParamsResource, tracking: TrackingResource
+    ) -> MaterializeResult:
         cfg = params.load(task)
-        layout = TaskLayout.for_task(cfg, task)
-        if not layout.validation.is_file():
-            raise Failure(f"no validation report at {layout.validation}: materialise {task}/validation first")
-        summary = json.loads(layout.validation.read_text())
-        failed = [g["name"] for g in summary["gates"] if not g["passed"]]
-        if not summary["passed"]:  # also enforced by the blocking checks when run with validation
+        decision = tracking.open(cfg).promote(task, pipeline_run=context.run_id)
+        record = decision.to_dict()
+        if decision.decision == "blocked":  # e.g. artefacts changed since validation: nothing moved
             raise Failure(
-                f"not promoted: gates failed: {', '.join(failed)}",
-                metadata={"failed_gates": MetadataValue.json(failed)},
+                f"{task}/release blocked, no alias moved: {'; '.join(decision.reasons)}",
+                metadata={"record": MetadataValue.json(record)},
             )
-        latest = context.instance.get_latest_materialization_event(key("dataset"))
-        data_version = (
-            latest.asset_materialization.tags.get("dagster/data_version")
-            if latest is not None and latest.asset_materialization is not None
-            else None
-        )
-        candidate = {
-            name: {"path": str(path), "sha256": sha256_file(path)}
-            for name, path in (
-                ("weights", layout.weights),
-                ("onnx", layout.onnx),
-                ("onnx_int8", layout.onnx_int8),
-            )
-            if path.is_file()
-        }
-        decision = {
-            "decision": "promote",
-            "data_version": data_version,
-            "candidate": candidate,
-            "metrics": summary["metrics"],
-            "gates": {g["name"]: "skipped" if g["skipped"] else "passed" for g in summary["gates"]},
-            "registry": "not connected yet: the decision is recorded in Dagster only",
-        }
-        context.log.info(f"{task}/release: promote (data version {str(data_version)[:12]})")
+        context.log.info(f"{task}/release: {decision.decision} ({'; '.join(decision.reasons)})")
+        rows = [
+            [fmt, version, decision.champions_before.get(fmt), decision.champions_after.get(fmt)]
+            for fmt, version in decision.candidates.items()
+        ]
         return MaterializeResult(
             metadata={
-                "decision": MetadataValue.text("promote"),
-                "data_version": MetadataValue.text(str(data_version)),
-                "record": MetadataValue.json(decision),
+                "decision": MetadataValue.text(decision.decision),
+                "reasons": MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons)),
+                "versions": md_table(["format", "candidate", "champion before", "champion after"], rows),
+                "mlflow_release_run": MetadataValue.text(str(decision.run_id)),
+                "record": MetadataValue.json(record),
             }
         )
 
     return [dataset, model, onnx, int8, tensorrt, validation, release]
+
+
+def _record(context: AssetExecutionContext, tracker: Tracker, task: str, *steps: str) -> dict[str, Any]:
+    """Record ``steps`` in MLflow as runs nested under this Dagster run; their metadata entries."""
+    metadata: dict[str, Any] = {}
+    for step in steps:
+        record = tracker.log_step(task, step, pipeline_run=context.run_id)
+        if record is None:
+            context.log.warning(f"{task}: {step} not recorded in MLflow (tracking.enabled is false)")
+        metadata.update(tracking_entries(step, record))
+    return metadata
 
 
 def _benchmark_metadata(report: Mapping[str, Any]) -> dict[str, Any]:

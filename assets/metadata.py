@@ -16,6 +16,8 @@ import numpy as np
 from dagster import MetadataValue
 from PIL import Image
 
+from ops.tracking import StepLog
+
 # A plot is embedded in the event log as base64; past this size it is shrunk to a JPEG
 # preview so the asset page stays quick to load (the full file is linked beside it).
 MAX_INLINE_BYTES = 300_000
@@ -89,3 +91,19 @@ def numeric(values: Mapping[str, Any], prefix: str = "") -> dict[str, MetadataVa
         elif isinstance(value, numbers.Real):
             out[f"{prefix}{key}"] = MetadataValue.float(float(value))
     return out
+
+
+def tracking_entries(step: str, record: StepLog | None) -> dict[str, MetadataValue]:
+    """Where a step's MLflow run is and what it registered (or that tracking was off)."""
+    if record is None:
+        return {f"mlflow_{step}": MetadataValue.text("not recorded: tracking.enabled is false")}
+    entries = {
+        f"mlflow_{step}_run": MetadataValue.text(record.run_id),
+        "mlflow_tracking_uri": MetadataValue.text(record.tracking_uri),
+    }
+    for fmt, registration in record.registered.items():
+        how = "new version" if registration.created else "already registered"
+        entries[f"registered_{fmt}"] = MetadataValue.text(
+            f"{registration.name} v{registration.version} ({how})"
+        )
+    return entries

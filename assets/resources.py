@@ -1,4 +1,4 @@
-"""The Dagster face of ``params.yaml``: one resource, so every asset of a run reads the same values.
+"""Resources: ``params.yaml`` (every asset of a run reads the same values) and MLflow tracking.
 
 The file stays the single source of configuration; a run's config (the launchpad) may
 override single values without editing it. The named fields are the overrides people reach
@@ -14,6 +14,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from ops.config import DEFAULT_PARAMS_PATH, Params, load_params
+from ops.tracking import Tracker
 
 
 class ParamsResource(ConfigurableResource):
@@ -43,3 +44,27 @@ class ParamsResource(ConfigurableResource):
     def load(self, task: str) -> Params:
         """Read and validate the file with this run's overrides (raises ``ConfigError`` naming the key)."""
         return load_params(self.path, self.override_map(task))
+
+
+class TrackingResource(ConfigurableResource):
+    """MLflow for the assets: a thin wrapper around :class:`ops.tracking.Tracker` (no dagster-mlflow).
+
+    Where runs go comes from ``params.yaml`` (``tracking.*``; ``MLFLOW_TRACKING_URI`` wins); a
+    run's config may only switch tracking off, e.g. for a quick experiment not worth recording.
+    Each asset opens the tracker before its step, so an unreachable server fails the step at
+    once, not after training.
+    """
+
+    enabled: bool | None = Field(
+        default=None,
+        description="Override tracking.enabled for this run; false runs offline (each asset warns "
+        "that nothing is recorded, and the release refuses).",
+    )
+
+    def open(self, params: Params) -> Tracker:
+        """A connected tracker for ``params`` (raises ``TrackingError`` if the server is unreachable)."""
+        if self.enabled is not None:
+            params = params.model_copy(
+                update={"tracking": params.tracking.model_copy(update={"enabled": self.enabled})}
+            )
+        return Tracker(params)

@@ -96,16 +96,31 @@ def test_metadata_carries_counts_metrics_files_and_plots(graph, instance):
     assert validation["passed"].value is True
     assert "data:image/" in validation["plot_onnx-int8_pr_curve"].value
     assert "onnx-int8" in validation["metrics"].value
-    assert meta["traffic/release"]["decision"].value == "promote"
+    assert meta["traffic/release"]["decision"].value == "promoted"
+    assert meta["traffic/onnx"]["registered_onnx"].value.startswith("traffic-detector-onnx v")
 
 
-def test_the_dataset_data_version_is_its_content_hash(graph, instance):
+def test_the_dataset_data_version_is_its_dvc_hash_in_dagster_and_mlflow(graph, instance):
+    from mlflow import MlflowClient
+
+    from ops.tracking import tracking_uri
+
     params_path, summary, _ = graph
-    root = load_params(params_path).traffic.dataset.root
+    params = load_params(params_path)
+    root = params.traffic.dataset.root
     materialization = _materializations(instance, summary.run_id)["traffic/dataset"]
     assert materialization.tags["dagster/data_version"] == dataset_content_hash(root)
-    release = _materializations(instance, summary.run_id)["traffic/release"]
-    assert release.metadata["data_version"].value == dataset_content_hash(root)
+    # the release moved the registry's aliases; the champion carries the same data version
+    client = MlflowClient(tracking_uri(params))
+    champion = client.get_model_version_by_alias("traffic-detector-onnx-int8", "champion")
+    assert champion.tags["data_version"] == dataset_content_hash(root)
+    assert champion.tags["validation.passed"] == "true"
+    experiment = client.get_run(champion.run_id).info.experiment_id
+    parents = client.search_runs([experiment], f"tags.`visionforge.pipeline_run` = '{summary.run_id}'")
+    assert len(parents) == 1  # one parent run for the Dagster run, every step nested under it
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+    steps = ("ingest", "train", "evaluate", "export", "quantize", "build-engine", "validate", "benchmark")
+    assert {run.info.run_name for run in children} == {*steps, "release"}
 
 
 def test_tensorrt_without_a_gpu_is_a_recorded_skip_not_a_failure(graph, instance):

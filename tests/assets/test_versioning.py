@@ -1,4 +1,4 @@
-"""The dataset's data version: equal data, equal hash; any change in bytes or names, a new one."""
+"""The dataset's data version (DVC's hash): equal data, equal hash; a change in bytes or names, a new one."""
 
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ def test_changed_bytes_renamed_or_added_files_change_the_hash(tmp_path):
     assert len(seen) == 4
 
 
-def test_hidden_files_do_not_count(tmp_path):
+def test_hidden_files_count_as_dvc_counts_them(tmp_path):
     root = _dataset(tmp_path / "d")
     before = dataset_content_hash(root)
-    (root / ".DS_Store").write_bytes(b"finder")
-    assert dataset_content_hash(root) == before
+    (root / ".DS_Store").write_bytes(b"finder")  # DVC hashes it too: the version is DVC's
+    assert dataset_content_hash(root) != before
