@@ -16,14 +16,17 @@ DAGSTER_HOME ?= $(CURDIR)/.dagster
 export DAGSTER_HOME
 UI_HOST ?= 127.0.0.1
 UI_PORT ?= 3000
+MLFLOW_PORT ?= 5000
 # This machine's pip config lists extra local indexes that may be absent; their warnings are noise.
 PIP_QUIET := grep -v 'is ignored: it is neither a file nor a directory' || true
 
-.PHONY: help setup browser demo ui test test-fast lint clean cpp-deps cpp demo-video detect-video
+.PHONY: help setup browser demo repro ui test test-fast lint clean cpp-deps cpp demo-video detect-video
 
 help:
 	@echo "make demo       set up .venv, then materialise the whole asset graph on generated traffic data"
+	@echo "make repro      the same pipeline through DVC (dvc.yaml): only stages whose params or inputs changed run"
 	@echo "make ui         the Dagster UI (webserver + daemon: schedules, sensors) on http://$(UI_HOST):$(UI_PORT)"
+	@echo "                and the MLflow UI (runs, registry) on http://$(UI_HOST):$(MLFLOW_PORT)"
 	@echo "make test       set up .venv, then run the whole test suite (what CI runs)"
 	@echo "make test-fast  the tests without the slow end-to-end ones"
 	@echo "make cpp        build the C++ detector into build/cpp (installs its Debian packages if missing)"
@@ -66,7 +69,22 @@ demo: setup $(DAGSTER_HOME)/dagster.yaml $(DEMO_VIDEO)
 	echo "==> demo finished in $$(( $$(date +%s) - start )) s"
 	@echo "==> the C++ detector on the demo video ($(DEMO_VIDEO)): make detect-video"
 
+# DVC runs the steps of dvc.yaml (each calls the visionforge CLI); their MLflow runs share one parent.
+repro: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" VISIONFORGE_PIPELINE_RUN=repro-$$(date +%Y%m%d-%H%M%S) $(BIN)/dvc repro
+
+# Dagster's UI, and MLflow's on the embedded store (params.yaml: tracking) in its own process group,
+# stopped with it. A tracking server (MLFLOW_TRACKING_URI) has its own UI. MLflow's async job
+# runner (GenAI evaluations) is off: nothing here uses it, and it costs a dozen processes.
 ui: setup $(DAGSTER_HOME)/dagster.yaml
+	@uri=$$($(BIN)/python -m ops.tracking uri); \
+	case "$$uri" in \
+	  sqlite:*) MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid $(BIN)/mlflow ui --workers 1 --backend-store-uri "$$uri" \
+	              -h $(UI_HOST) -p $(MLFLOW_PORT) & mlflow_pid=$$!; \
+	            trap 'kill -- -$$mlflow_pid 2>/dev/null' EXIT; \
+	            echo "==> MLflow UI on http://$(UI_HOST):$(MLFLOW_PORT) ($$uri)";; \
+	  *) echo "==> MLflow: tracking server $$uri (its own UI)";; \
+	esac; \
 	$(BIN)/dagster dev -w workspace.yaml -h $(UI_HOST) -p $(UI_PORT)
 
 # Headless Chromium for the UI test (tests/pipelines/test_ui.py): Debian's package, as Playwright
