@@ -202,7 +202,12 @@ def test_an_mlflow_server_keeps_registered_artefacts_in_the_bucket(
             "--artifacts-destination",
             f"s3://{BUCKET}/team/vf/mlflow",
         ],
-        env={**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3.endpoint_url, "AWS_DEFAULT_REGION": s3.region},
+        env={
+            **os.environ,
+            "MLFLOW_S3_ENDPOINT_URL": s3.endpoint_url,
+            "AWS_DEFAULT_REGION": s3.region,
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # GenAI job runner: a dozen idle processes
+        },
         stdout=server_log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -213,6 +218,8 @@ def test_an_mlflow_server_keeps_registered_artefacts_in_the_bucket(
         raw = yaml.safe_load(write_params(tmp_path, tiny_params_dict(tmp_path)).read_text())
         raw["tracking"]["uri"] = f"http://127.0.0.1:{port}"
         monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        for name, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")):
+            monkeypatch.setenv(name, value)  # what Tracker would set for the process, undone after
         params = load_params(write_params(tmp_path, raw))
         _dataset(params)
         _artefacts(params, "server")
@@ -239,3 +246,27 @@ def test_an_mlflow_server_keeps_registered_artefacts_in_the_bucket(
     finally:
         _stop(server)
         server_log.close()
+
+
+def test_the_embedded_store_keeps_artefacts_in_the_bucket_when_storage_is_s3(
+    s3, credentials, tmp_path, monkeypatch, tracked_params
+):
+    from mlflow import MlflowClient
+
+    from ops.tracking import Tracker
+    from tests.ops.test_tracking import _artefacts, _dataset
+
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3.endpoint_url)  # Tracker sets it; undone after
+    monkeypatch.setenv("AWS_DEFAULT_REGION", s3.region)
+    params = tracked_params.model_copy(
+        update={"storage": tracked_params.storage.model_copy(update={"remote": "s3", "s3": s3})}
+    )
+    _dataset(params)
+    _artefacts(params, "s3")
+    tracker = Tracker(params)
+    record = tracker.log_step("traffic", "export")
+    location = MlflowClient(tracker.uri).get_experiment(record.experiment_id).artifact_location
+    assert location == f"s3://{BUCKET}/team/vf/mlflow/visionforge-traffic"
+    assert any(
+        key.endswith(f"{record.run_id}/artifacts/onnx/model.onnx") for key in S3Store(s3).list("mlflow")
+    )

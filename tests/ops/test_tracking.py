@@ -304,6 +304,8 @@ def _closed_port() -> int:
 
 def test_an_unreachable_server_is_one_clear_error_after_bounded_retries(tracked_params, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")):
+        monkeypatch.setenv(name, value)  # what Tracker would set for the process, undone after the test
     params = tracked_params.model_copy(
         update={
             "tracking": tracked_params.tracking.model_copy(
