@@ -58,7 +58,7 @@ SUMMARY_FIELDS: dict[str, Sequence[tuple[str, str]]] = {
         ("onnx_map50", "onnx"),
         ("onnx-int8_map50", "onnx-int8"),
     ),
-    "release": (("decision", "decision"), ("data_version", "data version")),
+    "release": (("decision", "decision"), ("mlflow_release_run", "MLflow run")),
 }
 
 
