@@ -270,3 +270,13 @@ def test_the_embedded_store_keeps_artefacts_in_the_bucket_when_storage_is_s3(
     assert any(
         key.endswith(f"{record.run_id}/artifacts/onnx/model.onnx") for key in S3Store(s3).list("mlflow")
     )
+
+
+def test_an_unreachable_endpoint_is_one_clear_error(credentials):
+    cfg = S3Config(
+        bucket=BUCKET, prefix="", endpoint_url=f"http://127.0.0.1:{_free_port()}", region="us-east-1"
+    )
+    start = time.monotonic()
+    with pytest.raises(StorageError, match=rf"cannot reach bucket '{BUCKET}' at http://127.0.0.1"):
+        S3Store(cfg, max_attempts=2, timeout_s=1).check()
+    assert time.monotonic() - start < 30
