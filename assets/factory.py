@@ -432,7 +432,7 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
         context: AssetExecutionContext, params: ParamsResource, tracking: TrackingResource
     ) -> MaterializeResult:
         cfg = params.load(task)
-        decision = tracking.open(cfg).promote(task, pipeline_run=context.run_id)
+        decision = tracking.open(cfg).promote(task, pipeline_run=context.run.run_id)
         record = decision.to_dict()
         if decision.decision == "blocked":  # e.g. artefacts changed since validation: nothing moved
             raise Failure(
@@ -461,7 +461,7 @@ def _record(context: AssetExecutionContext, tracker: Tracker, task: str, *steps:
     """Record ``steps`` in MLflow as runs nested under this Dagster run; their metadata entries."""
     metadata: dict[str, Any] = {}
     for step in steps:
-        record = tracker.log_step(task, step, pipeline_run=context.run_id)
+        record = tracker.log_step(task, step, pipeline_run=context.run.run_id)
         if record is None:
             context.log.warning(f"{task}: {step} not recorded in MLflow (tracking.enabled is false)")
         metadata.update(tracking_entries(step, record))
