@@ -2,6 +2,8 @@
 
 Every command reads ``params.yaml`` (or ``--params FILE``); ``--set key=value`` overrides
 one value for this run without editing the file, e.g. ``--set traffic.train.epochs=2``.
+Each step is recorded in MLflow (``ops.tracking``; ``VISIONFORGE_PIPELINE_RUN`` groups the
+steps of one pipeline run under one parent run); ``promote`` moves the registry's aliases.
 """
 
 from __future__ import annotations
