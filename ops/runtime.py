@@ -66,12 +66,9 @@ class TorchPredictor:
 
 
 def ort_session_options(threads: int | None):
-    """ONNX Runtime options shared by every session: full graph optimisation, a fixed intra-op
-    thread count when asked (the benchmark gives every backend the same), quiet logging.
-
-    Thread spinning stays at ONNX Runtime's default (on), as users run it: turning it off cost
-    ONNX Runtime 20-25 % latency on a 2-core CPU (measured, interleaved with PyTorch).
-    """
+    """ONNX Runtime options shared by every session: full graph optimisation, and no thread
+    spinning, so a session does not keep cores busy after a call (the benchmark interleaves
+    backends, and spinning threads would steal time from whichever runs next)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -79,6 +76,7 @@ def ort_session_options(threads: int | None):
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only: ORT warns about every benign optimiser choice
     return options
 
