@@ -10,10 +10,12 @@ Why the pieces exist:
 - A TensorRT engine is not portable: it only runs under the TensorRT version and on the
   GPU model it was built with. Every engine therefore gets a JSON *sidecar*
   (``model_fp16.engine`` + ``model_fp16.engine.json``) recording both, the input shape
-  profile, the hashes of the ONNX source and of the engine bytes, and the model's
-  preprocessing (mean, std, input size, class names copied from the ONNX
-  ``metadata_props``), so a consumer can refuse an incompatible or swapped engine with a
-  message instead of a crash, and can preprocess without the ONNX file at hand.
+  profile, the hashes of the ONNX source and of the engine bytes, and the ONNX model's
+  complete ``metadata_props`` (key for key, the same JSON-encoded values), so a consumer can
+  refuse an incompatible or swapped engine with a message instead of a crash, and can pre-
+  and post-process without the ONNX file at hand. Keeping the metadata in the ONNX form means
+  one parser (:meth:`ops.export.OnnxMetadata.from_props`, and ``parse_onnx_metadata`` in C++)
+  reads it for both model formats, and a field added to the metadata reaches engines as well.
 - INT8 comes in two flavours. A QDQ ONNX model (explicit quantisation, TensorRT's
   recommended path) carries its scales in its QuantizeLinear/DequantizeLinear nodes and
   needs no calibration. A plain FP32 model needs calibration batches (implicit
@@ -46,8 +48,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ops.errors import EngineError
-from ops.export import OnnxContract, is_number, is_positive_int, read_onnx_contract
+from ops.errors import EngineError, ExportError
+from ops.export import OnnxContract, OnnxMetadata, is_positive_int, read_onnx_contract
 from ops.io import atomic_path, write_json
 from ops.runtime import INPUT_NAME, OUTPUT_NAMES
 
@@ -62,7 +64,8 @@ QUANTIZATION_MODES: tuple[str, ...] = ("none", "explicit", "calibrated")
 
 SUPPORTED_TENSORRT_MAJOR = 10
 DEFAULT_WORKSPACE_BYTES = 2 << 30  # 2 GiB: plenty for a ResNet-18 detector, small for any data-centre GPU
-SIDECAR_SCHEMA_VERSION = 1
+# 2: the ONNX metadata_props as one `metadata` object instead of mean/std/input_size/class_names.
+SIDECAR_SCHEMA_VERSION = 2
 INSTALL_HINT = "pip install 'visionforge[tensorrt]' on a machine that can reach NVIDIA's package index"
 
 
@@ -148,13 +151,16 @@ class EngineSidecar:
     engine_sha256: str
     engine_bytes: int
     built_at: str  # ISO 8601, UTC
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    input_size: int
-    class_names: tuple[str, ...]
+    # The ONNX model's metadata_props as the file carries them (OnnxMetadata.to_props):
+    # every value a JSON document, so they are parsed exactly as the ONNX file's would be.
+    metadata: dict[str, str]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def onnx_metadata(self) -> OnnxMetadata:
+        """The parsed pre- and post-processing facts; ``from_dict`` has already checked them."""
+        return OnnxMetadata.from_props(Path(self.onnx_path), self.metadata, channels=self.input_chw[0])
 
     def to_json(self, path: Path | str) -> Path:
         """Write atomically: a crash never leaves a half-written sidecar."""
@@ -179,6 +185,13 @@ class EngineSidecar:
         """Validate every field: a sidecar decides whether an engine runs, so guesses are not allowed."""
         if not isinstance(raw, dict):
             raise EngineError(f"engine sidecar {source} must hold a JSON object, got {type(raw).__name__}")
+        # The version comes first: an older sidecar has other keys, and "rebuild the engine"
+        # is the useful answer, not a list of them.
+        if "schema_version" in raw and raw["schema_version"] != SIDECAR_SCHEMA_VERSION:
+            raise EngineError(
+                f"engine sidecar {source} has schema_version {raw['schema_version']!r}; this visionforge "
+                f"reads version {SIDECAR_SCHEMA_VERSION}: rebuild the engine"
+            )
         expected = [f.name for f in dataclasses.fields(cls)]
         missing = [key for key in expected if key not in raw]
         unknown = sorted(key for key in raw if key not in expected)
@@ -186,11 +199,6 @@ class EngineSidecar:
             parts = [f"missing keys {missing}"] if missing else []
             parts += [f"unknown keys {unknown}"] if unknown else []
             raise EngineError(f"engine sidecar {source} is malformed: {'; '.join(parts)}")
-        if raw["schema_version"] != SIDECAR_SCHEMA_VERSION:
-            raise EngineError(
-                f"engine sidecar {source} has schema_version {raw['schema_version']!r}; this visionforge "
-                f"reads version {SIDECAR_SCHEMA_VERSION}: rebuild the engine"
-            )
         problems = [
             f"{key}: expected {rule}, got {raw[key]!r}"
             for key, (check, rule) in _SIDECAR_RULES.items()
@@ -200,7 +208,20 @@ class EngineSidecar:
             problems.append("batch profile: expected min_batch <= opt_batch <= max_batch")
         if problems:
             raise EngineError(f"engine sidecar {source} is malformed: " + "; ".join(problems))
+        channels, height, width = raw["input_chw"]
+        try:
+            metadata = OnnxMetadata.from_props(Path(source), raw["metadata"], channels=channels)
+        except ExportError as exc:
+            raise EngineError(
+                f"engine sidecar {source} has bad metadata ({exc}): rebuild the engine"
+            ) from None
+        if (height, width) != (metadata.input_size, metadata.input_size):
+            raise EngineError(
+                f"engine sidecar {source} is malformed: metadata input_size {metadata.input_size} "
+                f"disagrees with input_chw {raw['input_chw']}"
+            )
         values = {key: tuple(v) if isinstance(v, list) else v for key, v in raw.items()}
+        values["metadata"] = dict(raw["metadata"])
         return cls(**values)
 
 
@@ -237,18 +258,9 @@ _SIDECAR_RULES: dict[str, tuple[Any, str]] = {
     "engine_sha256": (lambda v: isinstance(v, str) and len(v) == 64, "a sha256 hex digest"),
     "engine_bytes": (is_positive_int, "a positive integer"),
     "built_at": (_is_iso_time, "an ISO 8601 time"),
-    "mean": (
-        lambda v: isinstance(v, list) and bool(v) and all(is_number(x) for x in v),
-        "a list of numbers",
-    ),
-    "std": (
-        lambda v: isinstance(v, list) and bool(v) and all(is_number(x) and x > 0 for x in v),
-        "a list of positive numbers",
-    ),
-    "input_size": (is_positive_int, "a positive integer"),
-    "class_names": (
-        lambda v: isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v),
-        "a non-empty list of strings",
+    "metadata": (
+        lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+        "an object of JSON-encoded strings (the ONNX metadata_props)",
     ),
 }
 
@@ -826,10 +838,7 @@ def _build(
         engine_sha256=hashlib.sha256(data).hexdigest(),
         engine_bytes=len(data),
         built_at=_utc_now(),
-        mean=tuple(contract.metadata.mean),
-        std=tuple(contract.metadata.std),
-        input_size=contract.metadata.input_size,
-        class_names=tuple(contract.metadata.class_names),
+        metadata=contract.metadata.to_props(),
     )
     side = sidecar_path(engine_path)
     # An old sidecar must not vouch for the new engine if the engine write succeeds and

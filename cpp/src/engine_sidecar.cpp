@@ -1,6 +1,6 @@
 #include "visionforge/engine_sidecar.hpp"
 
-#include <cmath>
+#include <cctype>
 #include <ctime>
 #include <fstream>
 #include <functional>
@@ -20,7 +20,6 @@ using nlohmann::json;
 
 bool is_text(const json& v) { return v.is_string() && !v.get<std::string>().empty(); }
 bool is_positive_int(const json& v) { return v.is_number_integer() && v.get<int64_t>() > 0; }
-bool is_number(const json& v) { return v.is_number() && std::isfinite(v.get<double>()); }
 bool is_hex64(const json& v) { return v.is_string() && v.get<std::string>().size() == 64; }
 
 bool is_capability(const json& v) {
@@ -43,10 +42,10 @@ bool is_iso_time(const json& v) {
   return !in.fail();
 }
 
-bool number_list(const json& v, bool positive) {
-  if (!v.is_array() || v.empty()) return false;
-  for (const auto& x : v) {
-    if (!is_number(x) || (positive && x.get<double>() <= 0)) return false;
+bool string_object(const json& v) {
+  if (!v.is_object()) return false;
+  for (const auto& item : v.items()) {
+    if (!item.value().is_string()) return false;
   }
   return true;
 }
@@ -80,18 +79,7 @@ const std::vector<Rule>& rules() {
       {"engine_sha256", is_hex64, "a sha256 hex digest"},
       {"engine_bytes", is_positive_int, "a positive integer"},
       {"built_at", is_iso_time, "an ISO 8601 time"},
-      {"mean", [](const json& v) { return number_list(v, false); }, "a list of numbers"},
-      {"std", [](const json& v) { return number_list(v, true); }, "a list of positive numbers"},
-      {"input_size", is_positive_int, "a positive integer"},
-      {"class_names",
-       [](const json& v) {
-         if (!v.is_array() || v.empty()) return false;
-         for (const auto& x : v) {
-           if (!x.is_string()) return false;
-         }
-         return true;
-       },
-       "a non-empty list of strings"},
+      {"metadata", string_object, "an object of JSON-encoded strings (the ONNX metadata_props)"},
   };
   return table;
 }
@@ -126,6 +114,12 @@ EngineSidecar parse_sidecar(const std::string& json_text, const std::string& sou
   if (!raw.is_object()) {
     throw Error("engine sidecar " + source + " must hold a JSON object, got " + std::string(raw.type_name()));
   }
+  // The version comes first: an older sidecar has other keys, and "rebuild the engine" is the
+  // useful answer, not a list of them.
+  if (raw.contains("schema_version") && raw["schema_version"] != kSidecarSchemaVersion) {
+    throw Error("engine sidecar " + source + " has schema_version " + raw["schema_version"].dump() +
+                "; this program reads version " + std::to_string(kSidecarSchemaVersion) + ": rebuild the engine");
+  }
   std::set<std::string> expected{"schema_version"};
   for (const Rule& rule : rules()) expected.insert(rule.key);
   std::vector<std::string> missing, unknown;
@@ -140,10 +134,6 @@ EngineSidecar parse_sidecar(const std::string& json_text, const std::string& sou
     if (!missing.empty()) parts += "missing keys " + join(missing);
     if (!unknown.empty()) parts += std::string(parts.empty() ? "" : "; ") + "unknown keys " + join(unknown);
     throw Error("engine sidecar " + source + " is malformed: " + parts);
-  }
-  if (raw["schema_version"] != kSidecarSchemaVersion) {
-    throw Error("engine sidecar " + source + " has schema_version " + raw["schema_version"].dump() +
-                "; this program reads version " + std::to_string(kSidecarSchemaVersion) + ": rebuild the engine");
   }
   std::vector<std::string> problems;
   for (const Rule& rule : rules()) {
@@ -177,10 +167,20 @@ EngineSidecar parse_sidecar(const std::string& json_text, const std::string& sou
   s.engine_sha256 = raw["engine_sha256"].get<std::string>();
   s.engine_bytes = raw["engine_bytes"].get<int64_t>();
   s.built_at = raw["built_at"].get<std::string>();
-  s.mean = raw["mean"].get<std::vector<float>>();
-  s.std = raw["std"].get<std::vector<float>>();
-  s.input_size = raw["input_size"].get<int>();
-  s.class_names = raw["class_names"].get<std::vector<std::string>>();
+  s.metadata = raw["metadata"].get<std::map<std::string, std::string>>();
+  try {
+    // The ONNX backend's parser: one reading of the metadata for both model formats.
+    s.model_info = parse_onnx_metadata(s.metadata, source);
+  } catch (const Error& e) {
+    throw Error("engine sidecar " + source + " has bad metadata (" + e.what() + "): rebuild the engine");
+  }
+  const int size = s.model_info.input_size;
+  if (s.input_chw[0] != 3 || s.input_chw[1] != size || s.input_chw[2] != size) {
+    // parse_onnx_metadata accepts 3 channels only (the detector's), so C is checked here too.
+    throw Error("engine sidecar " + source + " is malformed: metadata input_size " + std::to_string(size) +
+                " (3-channel images) disagrees with input_chw [" + std::to_string(s.input_chw[0]) + ", " +
+                std::to_string(s.input_chw[1]) + ", " + std::to_string(s.input_chw[2]) + "]");
+  }
   return s;
 }
 
@@ -226,26 +226,6 @@ void check_engine_bytes(const EngineSidecar& sidecar, const std::vector<char>& b
                 "..., its sidecar expects " + std::to_string(sidecar.engine_bytes) + " bytes with sha256 " +
                 sidecar.engine_sha256.substr(0, 12) + "...; rebuild the engine or restore the matching sidecar");
   }
-}
-
-ModelInfo model_info_from_sidecar(const EngineSidecar& sidecar, int output_stride) {
-  if (sidecar.mean.size() != 3 || sidecar.std.size() != 3 || sidecar.input_chw[0] != 3) {
-    throw Error("engine sidecar: the detector takes 3-channel images, but the sidecar describes " +
-                std::to_string(sidecar.input_chw[0]) + " channels with " + std::to_string(sidecar.mean.size()) +
-                " mean values");
-  }
-  if (sidecar.input_chw[1] != sidecar.input_size || sidecar.input_chw[2] != sidecar.input_size) {
-    throw Error("engine sidecar: input_size " + std::to_string(sidecar.input_size) + " disagrees with input_chw");
-  }
-  ModelInfo info;
-  info.input_size = sidecar.input_size;
-  for (int c = 0; c < 3; ++c) {
-    info.mean[c] = sidecar.mean[c];
-    info.std[c] = sidecar.std[c];
-  }
-  info.class_names = sidecar.class_names;
-  info.output_stride = output_stride;
-  return info;
 }
 
 }  // namespace visionforge

@@ -177,7 +177,10 @@ TrtBackend::TrtBackend(const std::string& engine_path) : state_(std::make_unique
 
   st.context.reset(st.engine->createExecutionContext());
   if (!st.context) throw Error("TensorRT cannot create an execution context for " + path_);
-  const int s = sidecar_.input_size;
+  // Everything about the input and outputs comes from the sidecar's metadata, parsed as the
+  // ONNX backend parses metadata_props; nothing is inferred from the engine or assumed.
+  info_ = sidecar_.model_info;
+  const int s = info_.input_size;
   if (!st.context->setInputShape(kInputName, nvinfer1::Dims4{1, 3, s, s})) {
     throw Error(path_ + ": the engine's batch profile (" + std::to_string(sidecar_.min_batch) + ".." +
                 std::to_string(sidecar_.max_batch) + ") does not admit one image per call");
@@ -206,10 +209,12 @@ TrtBackend::TrtBackend(const std::string& engine_path) : state_(std::make_unique
     if (!st.context->setTensorAddress(out.name.c_str(), out.device)) throw Error("cannot bind output " + out.name);
   }
   const nvinfer1::Dims& heat = st.outputs[0].dims;
-  if (heat.d[3] <= 0 || s % heat.d[3] != 0) {
-    throw Error(path_ + ": heatmap " + dims_text(heat) + " does not divide the input size " + std::to_string(s));
+  const int cells = s / info_.output_stride;  // parse_onnx_metadata checked that the stride divides s
+  if (heat.d[2] != cells || heat.d[3] != cells) {
+    throw Error(path_ + ": heatmap " + dims_text(heat) + " disagrees with the sidecar's input_size " +
+                std::to_string(s) + " / output_stride " + std::to_string(info_.output_stride) + " = " +
+                std::to_string(cells) + " cells");
   }
-  info_ = model_info_from_sidecar(sidecar_, s / static_cast<int>(heat.d[3]));
   if (heat.d[1] != info_.num_classes()) {
     throw Error(path_ + ": heatmap has " + std::to_string(heat.d[1]) + " channels but the sidecar lists " +
                 std::to_string(info_.num_classes()) + " classes");

@@ -9,6 +9,7 @@
 #include "vectors.hpp"
 #include "visionforge/engine_sidecar.hpp"
 #include "visionforge/errors.hpp"
+#include "visionforge/ort_backend.hpp"
 #include "visionforge/outputs.hpp"
 #include "visionforge/sha256.hpp"
 #include "visionforge/sources.hpp"
@@ -131,11 +132,45 @@ TEST(Sidecar, ReadsWhatPythonWrites) {
   const EngineSidecar sidecar = read_sidecar(engine());
   EXPECT_EQ(sidecar.tensorrt_version, "10.0.1");
   EXPECT_EQ(sidecar.gpu_name, "NVIDIA A100-SXM4-40GB");
-  EXPECT_EQ(sidecar.input_size, manifest()["input_size"].get<int>());
-  EXPECT_EQ(sidecar.class_names, manifest()["class_names"].get<std::vector<std::string>>());
-  const ModelInfo info = model_info_from_sidecar(sidecar, 4);
+  const ModelInfo& info = sidecar.model_info;
+  EXPECT_EQ(info.input_size, manifest()["input_size"].get<int>());
+  EXPECT_EQ(info.class_names, manifest()["class_names"].get<std::vector<std::string>>());
   EXPECT_EQ(info.mean[0], manifest()["mean"][0].get<float>());
   EXPECT_NO_THROW(check_engine_bytes(sidecar, read_bytes(engine()), engine()));
+}
+
+TEST(Sidecar, MetadataReadsAsTheOnnxModelsDoes) {
+  // The sidecar carries the model's metadata_props and both go through parse_onnx_metadata,
+  // so an engine is pre- and post-processed exactly like the ONNX model it was built from.
+  const ModelInfo& engine_info = read_sidecar(engine()).model_info;
+  const OrtBackend onnx(vector_path(manifest()["model"]), BackendOptions{});
+  const ModelInfo& onnx_info = onnx.model_info();
+  EXPECT_EQ(engine_info.input_size, onnx_info.input_size);
+  EXPECT_EQ(engine_info.mean, onnx_info.mean);
+  EXPECT_EQ(engine_info.std, onnx_info.std);
+  EXPECT_EQ(engine_info.class_names, onnx_info.class_names);
+  EXPECT_EQ(engine_info.output_stride, onnx_info.output_stride);
+  EXPECT_EQ(engine_info.resize, onnx_info.resize);
+  EXPECT_EQ(engine_info.pad_value, onnx_info.pad_value);
+  EXPECT_EQ(engine_info.color_order, onnx_info.color_order);
+  EXPECT_EQ(engine_info.pixel_scale, onnx_info.pixel_scale);
+}
+
+TEST(Sidecar, TakesEveryMetadataFieldFromTheSidecar) {
+  // Nothing is assumed: padding, colour order, pixel scale and stride are the sidecar's.
+  std::ifstream in(sidecar_path(engine()));
+  std::stringstream text;
+  text << in.rdbuf();
+  auto raw = nlohmann::json::parse(text.str());
+  raw["metadata"]["pad_value"] = "[0, 10, 20]";
+  raw["metadata"]["color_order"] = "\"BGR\"";
+  raw["metadata"]["pixel_scale"] = "0.5";
+  raw["metadata"]["output_stride"] = "8";
+  const ModelInfo info = parse_sidecar(raw.dump(), "s.json").model_info;
+  EXPECT_EQ(info.pad_value, (std::array<double, 3>{0, 10, 20}));
+  EXPECT_EQ(info.color_order, "BGR");
+  EXPECT_EQ(info.pixel_scale, 0.5);
+  EXPECT_EQ(info.output_stride, 8);
 }
 
 TEST(Sidecar, RefusesEnginesFromAnotherTensorRtOrGpu) {
@@ -174,8 +209,37 @@ TEST(Sidecar, RefusesSwappedEnginesAndBrokenSidecars) {
   EXPECT_NE(error_of([&] { parse_sidecar(broken.dump(), "s.json"); }).find("missing keys ['gpu_name']; unknown keys ['extra']"),
             std::string::npos);
   broken = raw;
-  broken["schema_version"] = 2;
-  EXPECT_NE(error_of([&] { parse_sidecar(broken.dump(), "s.json"); }).find("schema_version 2"), std::string::npos);
+  broken["schema_version"] = 99;
+  EXPECT_NE(error_of([&] { parse_sidecar(broken.dump(), "s.json"); }).find("schema_version 99"), std::string::npos);
+  // A version 1 sidecar (mean, std, input_size, class_names instead of metadata) asks for a rebuild.
+  broken = raw;
+  broken.erase("metadata");
+  broken["schema_version"] = 1;
+  broken["mean"] = {0.5, 0.5, 0.5};
+  const std::string old = error_of([&] { parse_sidecar(broken.dump(), "s.json"); });
+  EXPECT_NE(old.find("engine sidecar s.json has schema_version 1; this program reads version 2: rebuild the engine"),
+            std::string::npos)
+      << old;
+  broken = raw;
+  broken["metadata"]["input_size"] = 32;
+  EXPECT_NE(error_of([&] { parse_sidecar(broken.dump(), "s.json"); })
+                .find("metadata: expected an object of JSON-encoded strings"),
+            std::string::npos);
+  broken = raw;
+  broken["metadata"].erase("output_stride");
+  const std::string lacks = error_of([&] { parse_sidecar(broken.dump(), "s.json"); });
+  EXPECT_NE(lacks.find("engine sidecar s.json has bad metadata (s.json: metadata_props lacks ['output_stride']"),
+            std::string::npos)
+      << lacks;
+  broken = raw;
+  broken["metadata"]["color_order"] = "\"HSV\"";
+  EXPECT_NE(error_of([&] { parse_sidecar(broken.dump(), "s.json"); }).find("metadata_props['color_order']"),
+            std::string::npos);
+  broken = raw;
+  broken["metadata"]["input_size"] = "64";
+  const std::string size = error_of([&] { parse_sidecar(broken.dump(), "s.json"); });
+  EXPECT_NE(size.find("metadata input_size 64 (3-channel images) disagrees with input_chw"), std::string::npos)
+      << size;
   broken = raw;
   broken["precision"] = "fp8";
   broken["min_batch"] = 0;

@@ -45,7 +45,7 @@ from ops.data.detection import InputNormalizer, prepare_images  # noqa: E402
 from ops.data.traffic_scenes import TRAFFIC_CLASSES, render_traffic_scene  # noqa: E402
 from ops.data.traffic_video import write_traffic_video  # noqa: E402
 from ops.evaluate import decode_to_image  # noqa: E402
-from ops.export import detector_metadata, export_onnx  # noqa: E402
+from ops.export import detector_metadata, export_onnx, read_onnx_contract  # noqa: E402
 from ops.models import TrafficQuantizerNet  # noqa: E402
 from ops.runtime import OnnxRuntimePredictor  # noqa: E402
 from ops.tensorrt import SIDECAR_SCHEMA_VERSION, EngineSidecar  # noqa: E402
@@ -313,10 +313,7 @@ def write_bad_inputs(out: Path, model_path: Path, images: list[Path], clip_frame
         engine_sha256=sha256(engine),
         engine_bytes=engine.stat().st_size,
         built_at="2026-11-01T12:00:00+00:00",
-        mean=MEAN,
-        std=STD,
-        input_size=INPUT_SIZE,
-        class_names=TRAFFIC_CLASSES,
+        metadata=read_onnx_contract(model_path).metadata.to_props(),  # as build_engine writes it
     ).to_json(engine.with_name(engine.name + ".json"))
     (engines / "no_sidecar.engine").write_bytes(b"\0" * 64)
 

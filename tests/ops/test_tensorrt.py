@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from ops.errors import EngineError, ExportError
-from ops.export import sha256_file
+from ops.export import OnnxMetadata, read_onnx_contract, sha256_file
 from ops.runtime import OUTPUT_NAMES
 from ops.tensorrt import (
     SIDECAR_SCHEMA_VERSION,
@@ -35,7 +35,7 @@ from ops.tensorrt import (
     tensorrt_unavailable_reason,
     write_calibration_cache,
 )
-from tests.ops.test_export import TINY_CHW, TINY_SIZE, write_tiny_onnx
+from tests.ops.test_export import TINY_CHW, TINY_METADATA, TINY_SIZE, write_tiny_onnx
 
 UNAVAILABLE = tensorrt_unavailable_reason()
 needs_tensorrt = pytest.mark.skipif(
@@ -69,10 +69,7 @@ def make_sidecar(**changes) -> EngineSidecar:
         engine_sha256="b" * 64,
         engine_bytes=1234,
         built_at="2026-11-21T22:00:00+00:00",
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
-        input_size=SIZE,
-        class_names=("car", "truck"),
+        metadata=OnnxMetadata(**TINY_METADATA, pad_value=[0, 0, 0], color_order="BGR").to_props(),
     )
     values.update(changes)
     return EngineSidecar(**values)
@@ -88,9 +85,36 @@ def test_sidecar_path_sits_beside_the_engine():
 def test_sidecar_round_trip_through_a_json_file(tmp_path):
     sidecar = make_sidecar()
     path = sidecar.to_json(tmp_path / "model_fp16.engine.json")
-    assert json.loads(path.read_text())["input_chw"] == list(CHW)
-    assert EngineSidecar.from_json(path) == sidecar
+    raw = json.loads(path.read_text())
+    assert raw["input_chw"] == list(CHW)
+    assert raw["metadata"] == sidecar.metadata and all(isinstance(v, str) for v in raw["metadata"].values())
+    loaded = EngineSidecar.from_json(path)
+    assert loaded == sidecar
+    # Every metadata field survives, not only those the builder happened to need.
+    metadata = loaded.onnx_metadata()
+    assert metadata == OnnxMetadata(**TINY_METADATA, pad_value=[0, 0, 0], color_order="BGR")
+    assert (metadata.output_stride, metadata.resize, metadata.pixel_scale) == (4, "letterbox", 1 / 255)
     assert [p.name for p in tmp_path.iterdir()] == ["model_fp16.engine.json"]  # no temp file left
+
+
+def test_sidecar_metadata_is_the_onnx_metadata_props(tiny_onnx):
+    """The sidecar carries the same props the ONNX file does, so one parser reads both."""
+    contract = read_onnx_contract(tiny_onnx)
+    raw = json.loads(json.dumps(make_sidecar(metadata=contract.metadata.to_props()).to_dict()))
+    sidecar = EngineSidecar.from_dict(raw)
+    assert sidecar.onnx_metadata() == contract.metadata
+
+
+def test_old_schema_sidecar_asks_for_a_rebuild(tmp_path):
+    data = make_sidecar().to_dict()
+    del data["metadata"]
+    data.update(schema_version=1, mean=[0.5] * 3, std=[0.2] * 3, input_size=SIZE, class_names=["car"])
+    path = tmp_path / "model.engine.json"
+    path.write_text(json.dumps(data))
+    message = r"schema_version 1; .* reads version \d+: rebuild the engine"
+    with pytest.raises(EngineError, match=message) as excinfo:
+        EngineSidecar.from_json(path)
+    assert str(path) in str(excinfo.value)
 
 
 def test_missing_sidecar_is_an_engine_error_naming_it(tmp_path):
@@ -112,6 +136,13 @@ def test_missing_sidecar_is_an_engine_error_naming_it(tmp_path):
         (lambda d: d.update(compute_capability=9), "compute_capability: expected 'major.minor'"),
         (lambda d: d.update(built_at="yesterday"), "built_at: expected an ISO 8601 time"),
         (lambda d: d.update(schema_version=99), "schema_version 99"),
+        (lambda d: d.update(metadata=["mean"]), "metadata: expected an object of JSON-encoded strings"),
+        (lambda d: d["metadata"].update(input_size=SIZE), "metadata: expected an object of JSON-encoded"),
+        (lambda d: d["metadata"].pop("output_stride"), r"bad metadata .*lacks \['output_stride'\]"),
+        (lambda d: d["metadata"].update(mean="[0.5, 0.5]"), r"bad metadata .*'mean'.* must be"),
+        (lambda d: d["metadata"].update(color_order='""'), r"bad metadata .*'color_order'"),
+        (lambda d: d["metadata"].update(pad_value="[114, 114"), r"bad metadata .*'pad_value'.* not JSON"),
+        (lambda d: d["metadata"].update(input_size="32"), "input_size 32 disagrees with input_chw"),
     ],
 )
 def test_malformed_sidecar_is_an_engine_error_naming_file_and_problem(tmp_path, content, message):
@@ -388,7 +419,8 @@ def test_fp16_engine_matches_onnxruntime(tiny_onnx, tmp_path):
     assert isinstance(result, EngineBuildResult)
     assert engine.is_file() and timing.is_file() and result.sidecar_path == sidecar_path(engine)
     sidecar = EngineSidecar.from_json(result.sidecar_path)
-    assert sidecar.precision == "fp16" and sidecar.class_names == ("car", "truck")
+    assert sidecar.precision == "fp16" and sidecar.onnx_metadata().class_names == ["car", "truck"]
+    assert sidecar.metadata == read_onnx_contract(tiny_onnx).metadata.to_props()
     json.dumps(result.to_dict())
 
     predictor = TensorRTPredictor(engine)

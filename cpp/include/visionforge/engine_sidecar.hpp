@@ -1,6 +1,7 @@
 // The JSON sidecar ops/tensorrt.py writes beside every engine (`model.engine` ->
 // `model.engine.json`): the TensorRT version and GPU the engine was built for, the hashes of
-// its bytes and of its ONNX source, and the pre-processing copied from the ONNX metadata.
+// its bytes and of its ONNX source, and the ONNX model's metadata_props, key for key, so the
+// pre- and post-processing are read by the same parser as an ONNX model's (parse_onnx_metadata).
 // TensorRT engines only run on the exact TensorRT release and GPU model they were built with,
 // so the sidecar is what lets the program refuse a foreign engine with a message instead of a
 // crash. Parsing and the checks need no TensorRT and are tested in every build.
@@ -8,6 +9,7 @@
 
 #include <array>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -15,7 +17,8 @@
 
 namespace visionforge {
 
-inline constexpr int kSidecarSchemaVersion = 1;  // ops/tensorrt.py SIDECAR_SCHEMA_VERSION
+// 2: the ONNX metadata_props as one `metadata` object instead of mean/std/input_size/class_names.
+inline constexpr int kSidecarSchemaVersion = 2;  // ops/tensorrt.py SIDECAR_SCHEMA_VERSION
 
 struct EngineSidecar {
   int schema_version = 0;
@@ -32,17 +35,19 @@ struct EngineSidecar {
   std::string engine_sha256;
   int64_t engine_bytes = 0;
   std::string built_at;
-  std::vector<float> mean;
-  std::vector<float> std;
-  int input_size = 0;
-  std::vector<std::string> class_names;
+  // The ONNX metadata_props as the sidecar carries them (each value a JSON document).
+  std::map<std::string, std::string> metadata;
+  // `metadata` parsed by parse_onnx_metadata, and checked against input_chw by parse_sidecar.
+  ModelInfo model_info;
 };
 
 // `<engine>.json`, beside the engine (ops/tensorrt.py sidecar_path).
 std::string sidecar_path(const std::string& engine_path);
 
-// Parse and validate every field as EngineSidecar.from_dict does (exact key set, schema
-// version, types). `source` names the file in messages. Throws visionforge::Error.
+// Parse and validate every field as EngineSidecar.from_dict does (schema version first, so an
+// older sidecar is answered with "rebuild the engine"; exact key set; types; the metadata with
+// parse_onnx_metadata, agreeing with input_chw). `source` names the file in messages. Throws
+// visionforge::Error.
 EngineSidecar parse_sidecar(const std::string& json_text, const std::string& source);
 EngineSidecar read_sidecar(const std::string& engine_path);
 
@@ -56,10 +61,5 @@ void check_engine_compatible(const EngineSidecar& sidecar, const std::string& te
 // Refuse engine bytes that are not the ones the sidecar describes (truncated or replaced).
 void check_engine_bytes(const EngineSidecar& sidecar, const std::vector<char>& bytes,
                         const std::string& engine_path);
-
-// Pre-processing for an engine. The sidecar carries mean, std, input size and class names;
-// the output stride is taken from the engine's output shape by the caller, and the letterbox
-// padding and colour order are the pipeline's (PAD_VALUE, RGB), which the sidecar does not record.
-ModelInfo model_info_from_sidecar(const EngineSidecar& sidecar, int output_stride);
 
 }  // namespace visionforge

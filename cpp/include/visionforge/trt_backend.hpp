@@ -3,7 +3,8 @@
 // Before TensorRT sees the engine, its sidecar (engine_sidecar.hpp) is read and checked: the
 // engine's bytes must be the ones the sidecar hashes, and the TensorRT release and the GPU
 // model must be the ones it was built with; otherwise the engine is refused with a message
-// naming both sides. Pre-processing comes from the sidecar (mean, std, input size, classes).
+// naming both sides. Pre- and post-processing come from the sidecar's copy of the ONNX
+// metadata_props, parsed by parse_onnx_metadata exactly as for an ONNX model.
 //
 // UNVERIFIED: written against TensorRT 10's documented C++ API (IRuntime,
 // deserializeCudaEngine, named I/O tensors, enqueueV3) but never compiled or run here:
