@@ -470,7 +470,14 @@ def prune(params: Params) -> dict[str, Any]:
     if cfg.finetune_epochs:
         train_split = load_coco_split(params.traffic.dataset.root, "train", check_images=False)
         finetune_cfg = params.traffic.train.model_copy(
-            update={"epochs": cfg.finetune_epochs, "lr": cfg.finetune_lr, "warmup_epochs": 0.0}
+            # No weight averaging: over a short fine-tune the average would still hold much of the
+            # freshly pruned, broken network (measured: mAP@0.5 0.016 after 2 epochs with EMA).
+            update={
+                "epochs": cfg.finetune_epochs,
+                "lr": cfg.finetune_lr,
+                "warmup_epochs": 0.0,
+                "ema_decay": 0.0,
+            }
         )
         dataset, loss_fn = detector_training_data(train_split, model_cfg, finetune_cfg, model.output_stride)
         signature = {"architecture": "TrafficQuantizerNet-pruned", **summary.to_dict()}
