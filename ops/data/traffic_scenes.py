@@ -1895,6 +1895,25 @@ def render_traffic_scene(cfg: TrafficGeneratorConfig, split: str, index: int) ->
     )
 
 
+
+def warp_scene_canvas(scene: _Scene, out: np.ndarray) -> np.ndarray:
+    """Draw the scene's ground canvas into ``out`` as its camera sees it: through the
+    perspective homography, or as is for a top-down camera. Shared by stills and video."""
+    height, width = out.shape[:2]
+    if scene.hom is not None:
+        cv2.warpPerspective(
+            scene.canvas,
+            scene.hom,
+            (width, height),
+            dst=out,
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+    else:
+        np.copyto(out, scene.canvas)
+    return out
+
+
 def _render_attempt(rng: np.random.Generator, cfg: TrafficGeneratorConfig) -> RenderedScene | None:
     W, H = cfg.image_width, cfg.image_height
     scene = _Scene(rng, W, H)
@@ -1914,18 +1933,7 @@ def _render_attempt(rng: np.random.Generator, cfg: TrafficGeneratorConfig) -> Re
     if len(kept) < cfg.min_objects:
         return None
 
-    img = _WS.get("image", (H, W, 3), np.uint8)
-    if scene.hom is not None:
-        cv2.warpPerspective(
-            scene.canvas,
-            scene.hom,
-            (W, H),
-            dst=img,
-            flags=cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_REPLICATE,
-        )
-    else:
-        np.copyto(img, scene.canvas)
+    img = warp_scene_canvas(scene, _WS.get("image", (H, W, 3), np.uint8))
     shadow = _WS.get("shadow", (H, W), np.uint8)
     shadow[:] = 0
     _draw_trees_and_poles(scene, img, shadow)

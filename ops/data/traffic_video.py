@@ -51,6 +51,7 @@ from ops.data.traffic_scenes import (
     _vehicle_ops,
     _VehiclePose,
     _VehicleShape,
+    warp_scene_canvas,
 )
 from ops.errors import DatasetError
 
@@ -112,18 +113,7 @@ class TrafficClip:
         self.scene = self._scene_with_road(rng, width, height)
         scene = self.scene
         # The scene's buffers are shared scratch space of the renderer: copy what we keep.
-        image = np.empty((height, width, 3), np.uint8)
-        if scene.hom is not None:
-            cv2.warpPerspective(
-                scene.canvas,
-                scene.hom,
-                (width, height),
-                dst=image,
-                flags=cv2.INTER_LINEAR,
-                borderMode=cv2.BORDER_REPLICATE,
-            )
-        else:
-            np.copyto(image, scene.canvas)
+        image = warp_scene_canvas(scene, np.empty((height, width, 3), np.uint8))
         self.tree_shadow = np.zeros((height, width), np.uint8)
         _draw_trees_and_poles(scene, image, self.tree_shadow)
         self.background = image
