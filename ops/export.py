@@ -51,9 +51,14 @@ def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def is_int(value: Any) -> bool:
+    """A JSON integer; ``bool`` excluded as above."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def is_positive_int(value: Any) -> bool:
-    """A JSON integer above zero (sizes, strides, batch counts); ``bool`` excluded as above."""
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    """A JSON integer above zero (sizes, strides, batch counts)."""
+    return is_int(value) and value > 0
 
 
 def _number_list(length: int | None, positive: bool) -> Callable[[Any], bool]:
@@ -81,12 +86,15 @@ def _metadata_rules(channels: int | None) -> dict[str, tuple[Callable[[Any], boo
             "a non-empty list of strings",
         ),
         "output_stride": (is_positive_int, "a positive integer"),
-        "resize": (lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
+        # The same rules as the C++ detector's reader: a value one consumer accepts and another
+        # refuses would make a model deployable in one place only.
+        "resize": (lambda v: v == "letterbox", '"letterbox" (the only resize mode implemented)'),
         "pad_value": (
-            lambda v: v is None or _number_list(None, positive=False)(v),
-            "null or a list of numbers",
+            lambda v: v is None
+            or (isinstance(v, list) and len(v) == 3 and all(is_int(x) and 0 <= x <= 255 for x in v)),
+            "null or 3 integers in 0..255",
         ),
-        "color_order": (lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
+        "color_order": (lambda v: v in ("RGB", "BGR"), '"RGB" or "BGR"'),
         "pixel_scale": (lambda v: is_number(v) and v > 0, "a positive number"),
     }
 

@@ -358,6 +358,20 @@ def _without(key: str) -> dict:
             r"\['output_stride'\] must be a positive integer",
         ),
         (dict(metadata={**TINY_METADATA, "pixel_scale": -1}), r"\['pixel_scale'\] must be a positive number"),
+        # The C++ detector's reader refuses these too: one contract, one set of rules.
+        (dict(metadata={**TINY_METADATA, "resize": "stretch"}), r"\['resize'\] must be \"letterbox\""),
+        (
+            dict(metadata={**TINY_METADATA, "color_order": "HSV"}),
+            r"\['color_order'\] must be \"RGB\" or \"BGR\"",
+        ),
+        (
+            dict(metadata={**TINY_METADATA, "pad_value": [114, 114, 300]}),
+            r"\['pad_value'\] must be null or 3 integers in 0..255",
+        ),
+        (
+            dict(metadata={**TINY_METADATA, "pad_value": [114.5, 114, 114]}),
+            r"\['pad_value'\] must be null or 3 integers in 0..255",
+        ),
     ],
 )
 def test_contract_violations_are_refused_naming_the_file(tmp_path, kwargs, message):
