@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ops.benchmark import BackendRow, format_table, measure_interleaved, plot_benchmark
-from ops.config import Params
+from ops.config import ModelConfig, Params
 from ops.data.coco import load_coco_split, write_dataset_report
 from ops.data.detection import InputNormalizer, load_input_batches
 from ops.data.traffic_scenes import generate_traffic_dataset
@@ -110,9 +110,12 @@ def evaluate(params: Params, split: str = "val") -> dict[str, Any]:
     )
 
 
-def _validation_batches(params: Params, count: int, batch_size: int = 8) -> list[np.ndarray]:
-    """The first ``count`` validation images, pre-processed as at inference."""
-    model_cfg = params.traffic.model
+def _validation_batches(
+    params: Params, count: int, batch_size: int = 8, model_cfg: ModelConfig | None = None
+) -> list[np.ndarray]:
+    """The first ``count`` validation images, pre-processed as at inference for ``model_cfg``
+    (default: the configured model)."""
+    model_cfg = model_cfg or params.traffic.model
     split = load_coco_split(params.traffic.dataset.root, "val", check_images=False)
     normalizer = InputNormalizer(model_cfg.mean, model_cfg.std)
     return load_input_batches(split.images[:count], model_cfg.input_size, normalizer, batch_size)
@@ -384,11 +387,7 @@ def benchmark(params: Params, full_size: bool = False) -> dict[str, Any]:
             onnx_path, int8_path = layout.onnx, layout.onnx_int8
             engines = [layout.engine(p) for p in params.traffic.tensorrt.precisions]
         predictors, absent = _benchmark_predictors(model, onnx_path, int8_path, params, engines)
-        split = load_coco_split(params.traffic.dataset.root, "val", check_images=False)
-        normalizer = InputNormalizer(model_cfg.mean, model_cfg.std)
-        batch = load_input_batches(
-            split.images[: cfg.batch_size], model_cfg.input_size, normalizer, cfg.batch_size
-        )[0]
+        batch = _validation_batches(params, cfg.batch_size, cfg.batch_size, model_cfg)[0]
         log.info("benchmarking %s at batch %d, %d threads", ", ".join(predictors), len(batch), cfg.threads)
         timings = measure_interleaved(predictors, batch, cfg.warmup, cfg.runs)
         sizes = {"onnx": onnx_path.stat().st_size, "onnx-int8": int8_path.stat().st_size}
