@@ -104,6 +104,12 @@ class TrainConfig(StrictModel):
     augment: AugmentConfig
     size_loss_weight: float = Field(ge=0, description="Weight of the L1 size loss (CenterNet: 0.1).")
     offset_loss_weight: float = Field(ge=0, description="Weight of the L1 offset loss (CenterNet: 1).")
+    regression_radius: int = Field(
+        ge=0,
+        le=3,
+        description="Cells around each centre that also regress its size and offset "
+        "(CenterNet: 0, the centre only); the decoded peak may land there.",
+    )
 
 
 class EvaluateConfig(StrictModel):

@@ -338,6 +338,7 @@ def detector_training_data(
         output_stride=output_stride,
         augment=train_cfg.augment,
         seed=train_cfg.seed,
+        regression_radius=train_cfg.regression_radius,
     )
 
     def loss_fn(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]):

@@ -21,8 +21,6 @@ from ops.data.coco import CocoImage, CocoSplit, read_image_rgb
 
 # Boxes left thinner than this (input pixels) after augmentation carry no learnable centre.
 MIN_BOX_SIDE = 2.0
-# Generous upper bound on objects per image; CenterNet decodes at most top-K anyway.
-MAX_OBJECTS = 128
 # Padding colour of letterbox borders: mid-grey, close to the normalisation mean.
 PAD_VALUE = (114, 114, 114)
 
@@ -183,12 +181,14 @@ class DetectionDataset(Dataset):
         output_stride: int,
         augment: AugmentConfig | None = None,
         seed: int = 0,
+        regression_radius: int = 0,
     ) -> None:
         self.split = split
         self.input_size = input_size
         self.output_stride = output_stride
         self.augment = augment
         self.seed = seed
+        self.regression_radius = regression_radius
         self.epoch = 0
         self.num_classes = len(split.class_names)
         self._class_lookup = {cat["id"]: split.category_index(cat["id"]) for cat in split.categories}
@@ -220,7 +220,7 @@ class DetectionDataset(Dataset):
             self.num_classes,
             (out_size, out_size),
             self.output_stride,
-            MAX_OBJECTS,
+            self.regression_radius,
         )
         tensors = {name: torch.from_numpy(value) for name, value in targets.items()}
         return torch.from_numpy(np.ascontiguousarray(image)), tensors

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from ops.centernet import (
@@ -30,21 +31,11 @@ def test_encode_then_decode_recovers_boxes_exactly():
     boxes = np.array([[10.0, 20.0, 42.0, 36.0], [60.0, 5.0, 70.0, 40.0]], dtype=np.float32)
     classes = np.array([2, 0])
     stride, out = 4, 32
-    targets = encode_targets(
-        boxes, classes, num_classes=3, output_size=(out, out), stride=stride, max_objects=8
-    )
-    assert targets["mask"].sum() == 2
-    # Build a perfect prediction from the targets and decode it.
-    wh = np.zeros((1, 2, out, out), dtype=np.float32)
-    offset = np.zeros((1, 2, out, out), dtype=np.float32)
-    for slot in range(2):
-        y, x = divmod(int(targets["index"][slot]), out)
-        wh[0, :, y, x] = targets["wh"][slot]
-        offset[0, :, y, x] = targets["offset"][slot]
+    targets = encode_targets(boxes, classes, num_classes=3, output_size=(out, out), stride=stride)
+    assert (targets["regression_weight"] == 1).sum() == 2
+    assert (targets["regression_weight"] > 0).sum() == 2  # radius 0: centres only
     decoded, scores, labels = decode_detections(
-        torch.from_numpy(targets["heatmap"][None]),
-        torch.from_numpy(wh),
-        torch.from_numpy(offset),
+        *(torch.from_numpy(targets[name][None]) for name in ("heatmap", "wh", "offset")),
         top_k=2,
         stride=stride,
     )
@@ -52,6 +43,38 @@ def test_encode_then_decode_recovers_boxes_exactly():
     order = np.argsort(labels[0].numpy())  # class 0 first
     np.testing.assert_allclose(decoded[0].numpy()[order], boxes[[1, 0]], atol=1e-4)
     assert sorted(labels[0].tolist()) == [0, 2]
+
+
+def test_neighbouring_cells_regress_the_same_box():
+    """With a regression radius, a peak one cell off the centre still decodes the true box."""
+    box = np.array([[13.0, 21.0, 25.0, 30.0]], dtype=np.float32)  # centre (19, 25.5) px
+    stride, out = 4, 16
+    targets = encode_targets(box, np.array([0]), 1, (out, out), stride, regression_radius=1)
+    weight = targets["regression_weight"]
+    assert (weight > 0).sum() == 9 and weight[6, 4] == 1.0  # centre cell (x 4, y 6)
+    assert weight[6, 5] == weight[5, 4] > weight[5, 5] > 0  # edge cells above corners
+    for y, x in ((5, 3), (6, 5), (7, 4)):
+        heatmap = np.zeros((1, 1, out, out), dtype=np.float32)
+        heatmap[0, 0, y, x] = 1.0
+        decoded, _, _ = decode_detections(
+            torch.from_numpy(heatmap),
+            torch.from_numpy(targets["wh"][None]),
+            torch.from_numpy(targets["offset"][None]),
+            top_k=1,
+            stride=stride,
+        )
+        np.testing.assert_allclose(decoded[0, 0].numpy(), box[0], atol=1e-4)
+
+
+def test_a_shared_cell_regresses_the_nearer_centre_then_the_smaller_box():
+    big = [0.0, 0.0, 40.0, 40.0]  # centre cell (5, 5) at stride 4
+    small = [16.0, 16.0, 24.0, 28.0]  # centre (20, 22) px: cell (5, 5) as well
+    right = [22.0, 16.0, 30.0, 24.0]  # centre cell (6, 5): the big box's neighbour
+    boxes = np.array([big, small, right], dtype=np.float32)
+    targets = encode_targets(boxes, np.array([0, 1, 1]), 2, (16, 16), 4, regression_radius=1)
+    assert targets["wh"][:, 5, 5].tolist() == [2.0, 3.0]  # the small box took the shared centre
+    assert targets["wh"][:, 5, 6].tolist() == [2.0, 2.0]  # a centre beats a neighbour
+    assert targets["heatmap"][0, 5, 5] == targets["heatmap"][1, 5, 5] == 1.0
 
 
 def test_decode_keeps_only_local_maxima_sorted_by_score():
@@ -76,7 +99,7 @@ def test_focal_loss_prefers_the_right_heatmap():
 def test_centernet_loss_is_differentiable_and_weighted():
     torch.manual_seed(0)
     boxes = np.array([[8.0, 8.0, 24.0, 20.0]], dtype=np.float32)
-    t = encode_targets(boxes, np.array([0]), 1, (16, 16), 4, 4)
+    t = encode_targets(boxes, np.array([0]), 1, (16, 16), 4, regression_radius=1)
     targets = {k: torch.from_numpy(v)[None] for k, v in t.items()}
     outputs = {
         "heatmap": torch.rand(1, 1, 16, 16, requires_grad=True),
@@ -87,4 +110,7 @@ def test_centernet_loss_is_differentiable_and_weighted():
     total.backward()
     assert outputs["wh"].grad.abs().sum() > 0
     expected = parts["heatmap"] + 0.1 * parts["size"] + 1.0 * parts["offset"]
-    assert abs(total.item() - expected) < 1e-5
+    assert total.item() == pytest.approx(expected, rel=1e-6)
+    # Gradients reach exactly the supervised cells.
+    supervised = targets["regression_weight"][0] > 0
+    assert torch.equal(outputs["offset"].grad[0, 0] != 0, supervised)

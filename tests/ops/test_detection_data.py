@@ -85,4 +85,4 @@ def test_dataset_items_are_deterministic_per_epoch(tiny_dataset):
     assert first.dtype == torch.uint8 and first.shape == (128, 128, 3)
     assert torch.equal(first, again) and not torch.equal(first, other)
     assert targets["heatmap"].shape == (4, 32, 32)
-    assert int(targets["mask"].sum()) == int((targets["heatmap"] == 1).sum())
+    assert int((targets["regression_weight"] == 1).sum()) == int((targets["heatmap"] == 1).sum())
