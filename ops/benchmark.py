@@ -35,6 +35,9 @@ class BackendRow:
     map50: float | None = None
     map50_95: float | None = None
     note: str = ""
+    # The model's forward-pass GFLOPs per image (counted on its PyTorch layers), so every
+    # backend's row shows the same work per second: how close each runs to the machine's peak.
+    gflops: float | None = None
 
     @property
     def p50(self) -> float:
@@ -54,6 +57,7 @@ class BackendRow:
             "latency_p50_ms": round(self.p50, 2),
             "latency_p95_ms": round(self.p95, 2),
             "fps": round(self.fps, 2),
+            "gflop_per_s": round(self.gflops * self.fps, 1) if self.gflops else None,
             "speedup_vs_pytorch": round(reference.p50 / self.p50, 2) if reference else None,
             "size_mb": round(self.size_bytes / 1e6, 3) if self.size_bytes else None,
             "map50": self.map50,
@@ -98,6 +102,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         ("p50 ms", "latency_p50_ms", "{:.1f}"),
         ("p95 ms", "latency_p95_ms", "{:.1f}"),
         ("FPS", "fps", "{:.1f}"),
+        ("GFLOP/s", "gflop_per_s", "{:.0f}"),
         ("x PyTorch", "speedup_vs_pytorch", "{:.2f}"),
         ("mAP@0.5", "map50", "{:.4f}"),
         ("delta", "map50_delta_vs_pytorch", "{:+.4f}"),

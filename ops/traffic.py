@@ -37,7 +37,7 @@ from ops.export import (
 from ops.gates import Gate, all_passed, cosine_gate, map_drop_gate, skipped_gate
 from ops.io import write_json
 from ops.layout import TaskLayout
-from ops.models import TrafficQuantizerNet
+from ops.models import TrafficQuantizerNet, estimate_gflops
 from ops.optimize import calibration_batches, quantize_int8
 from ops.runtime import OnnxRuntimePredictor, Predictor, TorchPredictor
 from ops.train import TrainDetectorResult, build_detector, load_detector, train_detector
@@ -386,6 +386,7 @@ def benchmark(params: Params, full_size: bool = False) -> dict[str, Any]:
             model = load_detector(layout.weights, model_cfg).model
             onnx_path, int8_path = layout.onnx, layout.onnx_int8
             engines = [layout.engine(p) for p in params.traffic.tensorrt.precisions]
+        gflops = estimate_gflops(model, model_cfg.input_size)
         predictors, absent = _benchmark_predictors(model, onnx_path, int8_path, params, engines)
         batch = _validation_batches(params, cfg.batch_size, cfg.batch_size, model_cfg)[0]
         log.info("benchmarking %s at batch %d, %d threads", ", ".join(predictors), len(batch), cfg.threads)
@@ -394,7 +395,7 @@ def benchmark(params: Params, full_size: bool = False) -> dict[str, Any]:
     weights_bytes = None if full_size else layout.weights.stat().st_size
     rows: list[BackendRow] = []
     for backend, latencies in timings.items():
-        row = BackendRow(backend, latencies, batch_size=len(batch))
+        row = BackendRow(backend, latencies, batch_size=len(batch), gflops=gflops)
         row.size_bytes = sizes.get(backend.removesuffix("-cuda").removesuffix("-cuda-fp16"), weights_bytes)
         if backend.startswith("trt-"):
             row.size_bytes = layout.engine(backend.removeprefix("trt-")).stat().st_size

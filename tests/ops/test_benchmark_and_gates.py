@@ -23,10 +23,12 @@ def test_runs_are_interleaved_with_the_order_rotated_and_warmup_excluded():
 
 def test_rows_report_percentiles_speedup_and_accuracy_delta(tmp_path):
     reference = BackendRow("pytorch", [10.0] * 9 + [30.0], map50=0.80, size_bytes=4_000_000)
-    fast = BackendRow("onnx-int8", [2.5] * 10, map50=0.795, size_bytes=1_000_000)
+    fast = BackendRow("onnx-int8", [2.5] * 10, map50=0.795, size_bytes=1_000_000, gflops=0.5)
     row = fast.to_dict(reference)
     assert row["speedup_vs_pytorch"] == 4.0
     assert row["fps"] == 400.0
+    assert row["gflop_per_s"] == 200.0  # 0.5 GFLOP per image, 400 images per second
+    assert reference.to_dict(None)["gflop_per_s"] is None
     assert row["map50_delta_vs_pytorch"] == -0.005
     assert reference.to_dict(reference)["latency_p95_ms"] > 10.0
     table = format_table([reference.to_dict(reference), row])
