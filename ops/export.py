@@ -165,62 +165,42 @@ def sha256_file(path: Path | str) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-# Which 4x4 kernel tap a k4/s2/p1 transposed convolution applies, per output phase (even or
-# odd row/column), at input offset -1, 0, +1 (indices 0, 1, 2 of a 3x3 kernel).
-_SUBPIXEL_TAPS = {0: {0: 3, 1: 1}, 1: {1: 2, 2: 0}}
+def fold_batchnorm(transposed: nn.ConvTranspose2d, norm: nn.BatchNorm2d) -> nn.ConvTranspose2d:
+    """``ConvTranspose2d`` followed by eval-mode ``BatchNorm2d`` as one ``ConvTranspose2d``.
 
-
-def subpixel_convolution(transposed: nn.ConvTranspose2d, norm: nn.BatchNorm2d) -> nn.Sequential:
-    """The exact equivalent of ``ConvTranspose2d(k4, s2, p1)`` + eval-mode BatchNorm as a 3x3
-    convolution producing the four output phases, followed by ``PixelShuffle(2)``.
-
-    Why: ONNX Runtime's CPU provider has no integer ConvTranspose kernel, so a quantised
-    model runs its three decoder layers in float behind dequantise/quantise pairs and
-    layout transposes (measured: 40 % of the INT8 model's time). As a Conv the decoder runs
-    on the VNNI int8 kernels. The phases only touch 2x2 of the 3x3 taps, so the Conv does
-    2.25x the multiply-adds of the transposed one and is still faster in int8.
+    Runtimes fold BatchNorm into a Conv themselves (ONNX Runtime, TensorRT), but ONNX
+    Runtime leaves it beside a ConvTranspose; folded here, every consumer gets one op.
     """
-    if (
-        transposed.kernel_size != (4, 4)
-        or transposed.stride != (2, 2)
-        or transposed.padding != (1, 1)
-        or transposed.groups != 1
-        or transposed.dilation != (1, 1)
-    ):
-        raise ValueError(f"only ConvTranspose2d(k4, s2, p1) has a sub-pixel form here, got {transposed}")
-    weight = transposed.weight.detach()  # (in, out, 4, 4)
-    in_channels, out_channels = weight.shape[:2]
+    if transposed.groups != 1:
+        raise ValueError(f"only ungrouped transposed convolutions are folded here, got {transposed}")
     scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
     shift = norm.bias.detach() - norm.running_mean * scale
-    if transposed.bias is not None:
-        shift = shift + transposed.bias.detach() * scale
-    phases = torch.zeros(out_channels, 2, 2, in_channels, 3, 3)
-    for row_phase, row_taps in _SUBPIXEL_TAPS.items():
-        for col_phase, col_taps in _SUBPIXEL_TAPS.items():
-            for u, ku in row_taps.items():
-                for v, kv in col_taps.items():
-                    phases[:, row_phase, col_phase, :, u, v] = weight[:, :, ku, kv].T
-    phases *= scale.view(-1, 1, 1, 1, 1, 1)
-    conv = nn.Conv2d(in_channels, 4 * out_channels, 3, padding=1)
+    bias = transposed.bias.detach() if transposed.bias is not None else torch.zeros_like(scale)
+    folded = nn.ConvTranspose2d(
+        transposed.in_channels,
+        transposed.out_channels,
+        transposed.kernel_size,
+        stride=transposed.stride,
+        padding=transposed.padding,
+        output_padding=transposed.output_padding,
+        dilation=transposed.dilation,
+        bias=True,
+    )
     with torch.no_grad():
-        # PixelShuffle reads channel c * 4 + row_phase * 2 + col_phase into pixel (2y + row, 2x + col).
-        conv.weight.copy_(phases.reshape(4 * out_channels, in_channels, 3, 3))
-        conv.bias.copy_(shift.repeat_interleave(4))
-    return nn.Sequential(conv, nn.PixelShuffle(2))
+        folded.weight.copy_(transposed.weight.detach() * scale.view(1, -1, 1, 1))
+        folded.bias.copy_(bias * scale + shift)
+    return folded
 
 
 def deployable_detector(model: TrafficQuantizerNet) -> TrafficQuantizerNet:
-    """A copy of ``model`` computing the same function with export-friendly layers.
-
-    The decoder's upsampling layers become :func:`subpixel_convolution` (BatchNorm folded
-    in); everything else is untouched. The trained model itself is never modified.
-    """
+    """A copy of ``model`` in eval mode with the decoder's BatchNorms folded into its
+    transposed convolutions; the trained model itself is never modified."""
     deployable = copy.deepcopy(model).eval()
     layers = deployable.decoder.layers
     for index, layer in enumerate(layers):
         conv, norm, activation = layer
         if isinstance(conv, nn.ConvTranspose2d):
-            layers[index] = nn.Sequential(subpixel_convolution(conv, norm), activation)
+            layers[index] = nn.Sequential(fold_batchnorm(conv, norm), activation)
     return deployable
 
 

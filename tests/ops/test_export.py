@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +27,10 @@ from ops.export import (
     detector_metadata,
     export_onnx,
     export_program,
+    fold_batchnorm,
     parity,
     read_onnx_contract,
     sha256_file,
-    subpixel_convolution,
 )
 from ops.models import TrafficQuantizerNet
 from ops.runtime import OUTPUT_NAMES, OnnxRuntimePredictor, TorchPredictor
@@ -66,9 +67,9 @@ def val_batches(tiny_dataset) -> list[np.ndarray]:
     return load_input_batches(split.images, SIZE, InputNormalizer(MEAN, STD), 4)
 
 
-def test_subpixel_convolution_is_exactly_the_transposed_convolution():
+def test_batchnorm_folds_exactly_into_the_transposed_convolution():
     torch.manual_seed(1)
-    transposed = nn.ConvTranspose2d(8, 5, 4, stride=2, padding=1, bias=True)
+    transposed = nn.ConvTranspose2d(8, 5, 4, stride=2, padding=1, bias=False)
     norm = nn.BatchNorm2d(5).eval()
     norm.running_mean.uniform_(-1, 1)
     norm.running_var.uniform_(0.5, 2)
@@ -77,22 +78,19 @@ def test_subpixel_convolution_is_exactly_the_transposed_convolution():
     x = torch.randn(2, 8, 7, 9)
     with torch.no_grad():
         expected = norm(transposed(x))
-        actual = subpixel_convolution(transposed, norm)(x)
+        actual = fold_batchnorm(transposed, norm)(x)
     assert actual.shape == expected.shape == (2, 5, 14, 18)
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
-
-
-def test_subpixel_convolution_refuses_other_geometries():
-    with pytest.raises(ValueError, match="k4, s2, p1"):
-        subpixel_convolution(nn.ConvTranspose2d(4, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4))
+    with pytest.raises(ValueError, match="ungrouped"):
+        fold_batchnorm(nn.ConvTranspose2d(4, 4, 4, stride=2, padding=1, groups=2), nn.BatchNorm2d(4))
 
 
 def test_deployable_detector_computes_the_same_and_leaves_the_model_alone():
     model = _trained_looking_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     deployable = deployable_detector(model)
-    assert not any(isinstance(m, nn.ConvTranspose2d) for m in deployable.modules())
-    assert any(isinstance(m, nn.ConvTranspose2d) for m in model.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in deployable.decoder.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.decoder.modules())
     x = torch.randn(2, 3, SIZE, SIZE)
     with torch.no_grad():
         for name, value in model(x).items():
@@ -108,7 +106,7 @@ def test_onnx_follows_the_contract_and_carries_its_preprocessing(exported):
     assert [o.name for o in proto.graph.output] == ["heatmap", "wh", "offset"]
     batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch_dim.dim_param and not batch_dim.HasField("dim_value")
-    assert "ConvTranspose" not in {n.op_type for n in proto.graph.node}
+    assert Counter(n.op_type for n in proto.graph.node)["ConvTranspose"] == 3  # the decoder, BN folded
     contract = read_onnx_contract(path)
     assert contract.path == path and contract.sha256 == sha256_file(path)
     assert contract.input_batch is None and contract.input_chw == (3, SIZE, SIZE) and not contract.has_qdq

@@ -6,13 +6,20 @@ from collections import Counter
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from ops.config import ModelConfig, QuantizeConfig
 from ops.data.coco import load_coco_split
 from ops.errors import ExportError
 from ops.export import detector_metadata, export_onnx, parity, read_onnx_contract
-from ops.optimize import calibration_batches, output_layer_nodes, quantize_int8
+from ops.optimize import (
+    calibration_batches,
+    output_layer_nodes,
+    quantize_int8,
+    rewrite_transposed_convolutions,
+)
 from ops.runtime import OnnxRuntimePredictor
 from tests.ops.test_export import CLASSES, MEAN, SIZE, STD, _trained_looking_model
 
@@ -73,6 +80,7 @@ def test_int8_model_runs_on_integer_kernels_except_the_kept_output_layers(
     assert report.executed_ops["QLinearConv"] == 26
     assert report.float_compute_ops == {"Conv": 3}
     assert "ConvTranspose" not in report.executed_ops
+    assert len(report.subpixel_nodes) == 3  # the decoder's upsampling layers, now int8 Convs
     assert set(report.excluded_nodes) == set(output_layer_nodes(fp32_model))
     assert report.calibration_images == 8
     int8, fp32 = read_onnx_contract(out), read_onnx_contract(fp32_model)
@@ -113,3 +121,51 @@ def test_a_corrupt_source_model_is_refused(tmp_path, train_batches):
     with pytest.raises(ExportError, match="model.onnx"):
         quantize_int8(source, tmp_path / "q.onnx", train_batches, _cfg())
     assert not (tmp_path / "q.onnx").exists()
+
+
+def _transposed_model(path, **attributes):
+    """One ConvTranspose with bias, 6 -> 5 channels, on a dynamic-size input."""
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((6, 5, 4, 4)).astype(np.float32), "w")
+    bias = numpy_helper.from_array(rng.standard_normal(5).astype(np.float32), "b")
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], name="up", **attributes)
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 6, None, None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 5, None, None])],
+        [weight, bias],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    onnx.save_model(model, str(path))
+    return model
+
+
+def test_subpixel_rewrite_is_exactly_the_transposed_convolution(tmp_path):
+    original = _transposed_model(tmp_path / "a.onnx", kernel_shape=[4, 4], strides=[2, 2], pads=[1, 1, 1, 1])
+    assert rewrite_transposed_convolutions(original) == ["up"]
+    assert [n.op_type for n in original.graph.node] == ["Conv", "DepthToSpace"]
+    assert {i.name for i in original.graph.initializer} == {"up.subpixel.weight", "up.subpixel.bias"}
+    onnx.checker.check_model(original, full_check=True)
+    onnx.save_model(original, str(tmp_path / "b.onnx"))
+    x = np.random.default_rng(1).standard_normal((2, 6, 7, 9)).astype(np.float32)
+    expected, actual = (
+        ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        for name in ("a.onnx", "b.onnx")
+    )
+    assert actual.shape == expected.shape == (2, 5, 14, 18)
+    np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        dict(kernel_shape=[4, 4], strides=[2, 2], pads=[0, 0, 0, 0]),
+        dict(kernel_shape=[4, 4], strides=[1, 1], pads=[1, 1, 1, 1]),
+        dict(kernel_shape=[4, 4], strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1]),
+    ],
+)
+def test_other_transposed_convolutions_are_left_alone(tmp_path, attributes):
+    model = _transposed_model(tmp_path / "a.onnx", **attributes)
+    assert rewrite_transposed_convolutions(model) == []
+    assert [n.op_type for n in model.graph.node] == ["ConvTranspose"]
