@@ -168,8 +168,8 @@ def sha256_file(path: Path | str) -> str:
 def fold_batchnorm(transposed: nn.ConvTranspose2d, norm: nn.BatchNorm2d) -> nn.ConvTranspose2d:
     """``ConvTranspose2d`` followed by eval-mode ``BatchNorm2d`` as one ``ConvTranspose2d``.
 
-    Runtimes fold BatchNorm into a Conv themselves (ONNX Runtime, TensorRT), but ONNX
-    Runtime leaves it beside a ConvTranspose; folded here, every consumer gets one op.
+    Folded at export, each upsampling layer is one op in the graph whichever runtime reads
+    it, instead of relying on each runtime's own fusions.
     """
     if transposed.groups != 1:
         raise ValueError(f"only ungrouped transposed convolutions are folded here, got {transposed}")
