@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
-
-
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "ops.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+from tests.conftest import run_cli
 
 
 def test_help_explains_every_command_and_option(tmp_path):
-    top = _cli("--help", cwd=tmp_path)
+    top = run_cli("--help", cwd=tmp_path)
     assert top.returncode == 0
     for command in (
         "ingest",
@@ -39,7 +24,7 @@ def test_help_explains_every_command_and_option(tmp_path):
         "benchmark",
     ):
         assert command in top.stdout
-    train = _cli("train", "--help", cwd=tmp_path)
+    train = run_cli("train", "--help", cwd=tmp_path)
     for option in ("--resume", "--params", "--set"):
         assert option in train.stdout
 
@@ -48,35 +33,35 @@ def test_help_explains_every_command_and_option(tmp_path):
 def test_the_whole_chain_from_ingest_to_benchmark(tiny_params_file: Path):
     workdir = tiny_params_file.parent
     params = ["--params", str(tiny_params_file)]
-    ingest = _cli("ingest", "traffic", *params, cwd=workdir)
+    ingest = run_cli("ingest", "traffic", *params, cwd=workdir)
     assert ingest.returncode == 0, ingest.stderr
     assert json.loads(ingest.stdout)["val"]["num_images"] == 8
     assert (workdir / "artifacts/traffic/dataset/box_sizes_train.png").is_file()
 
-    train = _cli("train", "traffic", *params, "--set", "traffic.train.epochs=1", cwd=workdir)
+    train = run_cli("train", "traffic", *params, "--set", "traffic.train.epochs=1", cwd=workdir)
     assert train.returncode == 0, train.stderr
     assert json.loads(train.stdout)["epochs"] == 1
 
-    evaluate = _cli("evaluate", "traffic", *params, cwd=workdir)
+    evaluate = run_cli("evaluate", "traffic", *params, cwd=workdir)
     assert evaluate.returncode == 0, evaluate.stderr
     metrics = json.loads((workdir / "artifacts/traffic/metrics/pytorch.json").read_text())
     assert 0.0 <= metrics["map50_95"] <= metrics["map50"] <= 1.0
 
-    export = _cli("export", "traffic", *params, cwd=workdir)
+    export = run_cli("export", "traffic", *params, cwd=workdir)
     assert export.returncode == 0, export.stderr
     assert json.loads(export.stdout)["parity"]["onnx"]["min_cosine"] > 0.999
-    quantize = _cli("quantize", "traffic", *params, cwd=workdir)
+    quantize = run_cli("quantize", "traffic", *params, cwd=workdir)
     assert quantize.returncode == 0, quantize.stderr
     assert (workdir / "artifacts/traffic/int8/model_int8.onnx").is_file()
 
     # No GPU and no tensorrt in CI: a recorded skip with its reason, and no engine file.
-    engine = _cli("build-engine", "traffic", *params, cwd=workdir)
+    engine = run_cli("build-engine", "traffic", *params, cwd=workdir)
     assert engine.returncode == 0, engine.stderr
     builds = json.loads(engine.stdout)
     assert builds["fp16"]["built"] is False and builds["fp16"]["reason"]
     assert not list((workdir / "artifacts/traffic/tensorrt").glob("*.engine"))
 
-    validate = _cli("validate", "traffic", *params, cwd=workdir)
+    validate = run_cli("validate", "traffic", *params, cwd=workdir)
     assert validate.returncode == 0, validate.stderr
     gates = {g["name"]: g for g in json.loads(validate.stdout)["gates"]}
     assert gates["output_cosine_onnx"]["passed"]
@@ -86,13 +71,13 @@ def test_the_whole_chain_from_ingest_to_benchmark(tiny_params_file: Path):
 
     # A zero tolerance fails the gate (the drop must be strictly below it): exit status 1,
     # the failed gate named on stderr.
-    strict = _cli(
+    strict = run_cli(
         "validate", "traffic", *params, "--set", "traffic.validation.max_map50_drop_onnx=0", cwd=workdir
     )
     assert strict.returncode == 1
     assert "map50_drop_onnx" in strict.stderr
 
-    bench = _cli(
+    bench = run_cli(
         "benchmark",
         "traffic",
         *params,
@@ -110,7 +95,7 @@ def test_the_whole_chain_from_ingest_to_benchmark(tiny_params_file: Path):
     assert "tensorrt" in report["absent"]
     assert "onnx-int8" in bench.stdout
 
-    prune = _cli(
+    prune = run_cli(
         "prune",
         "traffic",
         *params,
@@ -131,14 +116,14 @@ def test_the_whole_chain_from_ingest_to_benchmark(tiny_params_file: Path):
 
 def test_bad_input_gives_one_clear_error_and_exit_code_2(tiny_params_file: Path):
     workdir = tiny_params_file.parent
-    missing = _cli("train", "traffic", "--params", str(workdir / "missing.yaml"), cwd=workdir)
+    missing = run_cli("train", "traffic", "--params", str(workdir / "missing.yaml"), cwd=workdir)
     assert missing.returncode == 2
     assert "params file not found" in missing.stderr and "Traceback" not in missing.stderr
 
-    unknown = _cli(
+    unknown = run_cli(
         "train", "traffic", "--params", str(tiny_params_file), "--set", "traffic.train.epohcs=1", cwd=workdir
     )
     assert unknown.returncode == 2 and "unknown key 'epohcs'" in unknown.stderr
 
-    no_data = _cli("evaluate", "traffic", "--params", str(tiny_params_file), cwd=workdir)
+    no_data = run_cli("evaluate", "traffic", "--params", str(tiny_params_file), cwd=workdir)
     assert no_data.returncode == 2 and "checkpoint not found" in no_data.stderr

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -30,7 +27,7 @@ from ops.tracking import (
     sha256_file,
 )
 from ops.versioning import dataset_version
-from tests.conftest import REPO_ROOT
+from tests.conftest import run_cli
 
 TASK = "traffic"
 FORMATS = ("pytorch", "onnx", "onnx-int8")
@@ -354,19 +351,6 @@ def test_the_decision_is_recorded_as_an_artefact_of_the_release_run(tracked_para
     assert json.loads(Path(local).read_text())["decision"] == "promoted"
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    return subprocess.run(
-        [sys.executable, "-m", "ops.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.mark.slow
 def test_visionforge_promote_records_the_decision_and_exits_1_when_blocked(tracked_params, tmp_path):
     params = tracked_params
@@ -375,14 +359,18 @@ def test_visionforge_promote_records_the_decision_and_exits_1_when_blocked(track
     _artefacts(params, "v1")
     _validated(params, map50=0.8)
     tracker.log_step(TASK, "validate")
-    promoted = _cli("promote", "traffic", "--params", str(tmp_path / "params.yaml"), cwd=tmp_path)
+    promoted = run_cli(
+        "promote", "traffic", "--params", str(tmp_path / "params.yaml"), cwd=tmp_path, timeout=300
+    )
     assert promoted.returncode == 0, promoted.stderr
     assert json.loads(promoted.stdout)["decision"] == "promoted"
 
     _artefacts(params, "v2")
     _validated(params, map50=0.9, failed_gate="map50_drop_onnx")
     tracker.log_step(TASK, "validate")
-    blocked = _cli("promote", "traffic", "--params", str(tmp_path / "params.yaml"), cwd=tmp_path)
+    blocked = run_cli(
+        "promote", "traffic", "--params", str(tmp_path / "params.yaml"), cwd=tmp_path, timeout=300
+    )
     assert blocked.returncode == 1
     assert "blocked" in blocked.stderr and "map50_drop_onnx" in blocked.stderr
     assert _alias(MlflowClient(tracker.uri), "onnx", ALIAS_CHAMPION) == "1"

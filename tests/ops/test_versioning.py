@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ from ops.versioning import (
     repro,
     run_dvc,
 )
-from tests.conftest import REPO_ROOT, tiny_params_dict, write_params
+from tests.conftest import REPO_ROOT, run_cli, tiny_params_dict, write_params
 
 
 def test_the_committed_dvc_yaml_is_the_rendered_stage_table():
@@ -186,14 +185,7 @@ def test_a_dataset_changed_without_dvc_commit_is_detected_and_reported(repo):
     assert status.state == "modified"
     assert "dvc commit" in status.describe() and status.recorded in status.describe()
     assert "ingest" in changed_stages(root)  # DVC agrees
-    cli = subprocess.run(
-        [sys.executable, "-m", "ops.cli", "status", "traffic"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        timeout=120,
-    )
+    cli = run_cli("status", "traffic", cwd=root, timeout=120)
     assert cli.returncode == 1 and "changed on disk" in cli.stderr
     assert json.loads(cli.stdout)["state"] == "modified"
     run_dvc(["checkout", "--force", "data/traffic"], root)
