@@ -37,7 +37,7 @@ SAMPLE_CFG = CFG.model_copy(
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("gen") / "traffic"
-    assert generate_traffic_dataset(root, CFG, progress=False) == root
+    assert generate_traffic_dataset(root, CFG, progress=False, workers=1) == root
     return root
 
 
@@ -96,8 +96,8 @@ def test_layout_and_pycocotools_loads_it(dataset: Path):
     assert not list(dataset.parent.glob(".traffic.*")), "temporary directories left behind"
 
 
-def test_generation_is_deterministic(dataset: Path, tmp_path: Path):
-    again = generate_traffic_dataset(tmp_path / "again", CFG, progress=False)
+def test_generation_is_deterministic_in_any_number_of_processes(dataset: Path, tmp_path: Path):
+    again = generate_traffic_dataset(tmp_path / "again", CFG, progress=False, workers=2)
     assert _files(again) == _files(dataset)
 
 
@@ -171,7 +171,7 @@ def test_interrupted_generation_leaves_nothing(tmp_path: Path, monkeypatch):
 
     monkeypatch.setattr(traffic_scenes, "_write_jpeg", flaky)
     with pytest.raises(RuntimeError, match="disk full"):
-        generate_traffic_dataset(root, CFG, progress=False)
+        generate_traffic_dataset(root, CFG, progress=False, workers=1)
     assert len(calls) == 3
     assert list(tmp_path.iterdir()) == [], "no dataset and no temporary directory may remain"
 
@@ -443,3 +443,12 @@ def test_dataset_report(dataset: Path, tmp_path: Path):
     with Image.open(png_path) as im:
         im.verify()
     assert not [p for p in (tmp_path / "reports").iterdir() if p.name.startswith(".")]
+
+
+def test_a_scene_that_cannot_be_placed_fails_in_a_worker_and_leaves_nothing(tmp_path: Path):
+    crowded = CFG.model_copy(
+        update={"image_width": 64, "image_height": 64, "min_objects": 40, "max_objects": 40}
+    )
+    with pytest.raises(DatasetError, match="could not place 40 objects"):
+        generate_traffic_dataset(tmp_path / "traffic", crowded, progress=False, workers=2)
+    assert list(tmp_path.iterdir()) == [], "no dataset and no temporary directory may remain"
