@@ -39,6 +39,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="decoder: 3up (stride 4, the seed's) or 2up (third layer keeps resolution)",
     )
     parser.add_argument(
+        "--decoder-skips",
+        action="store_true",
+        help="add the backbone's same-resolution maps to the decoder (the demo model's option)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
     )
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations per variant")
@@ -86,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         input_size=args.input_size,
         width_mult=args.width_mult,
         upsample=(True, True, args.upsample == "3up"),
+        decoder_skips=args.decoder_skips,
     )
     model = TrafficQuantizerNet(config).eval()
     params = count_parameters(model)

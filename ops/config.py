@@ -66,6 +66,10 @@ class ModelConfig(StrictModel):
     )
     backbone: Literal["resnet18"] = Field(description="Feature extractor.")
     head_width: int = Field(gt=0, description="Channels of the 3x3 conv in each prediction head.")
+    decoder_skips: bool = Field(
+        description="Add the backbone's map of the same resolution to each upsampling decoder "
+        "layer's output (the seed's decoder has no skips)."
+    )
     mean: tuple[float, float, float] = Field(description="Per-channel RGB mean of 0..1 pixels.")
     std: tuple[float, float, float] = Field(description="Per-channel RGB std of 0..1 pixels.")
 
@@ -104,6 +108,11 @@ class TrainConfig(StrictModel):
     augment: AugmentConfig
     size_loss_weight: float = Field(ge=0, description="Weight of the L1 size loss (CenterNet: 0.1).")
     offset_loss_weight: float = Field(ge=0, description="Weight of the L1 offset loss (CenterNet: 1).")
+    giou_loss_weight: float = Field(
+        ge=0,
+        description="Weight of a GIoU loss on the boxes the supervised cells decode; 0 disables "
+        "(CenterNet has none).",
+    )
     regression_radius: int = Field(
         ge=0,
         le=3,

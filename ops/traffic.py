@@ -367,6 +367,7 @@ def benchmark(params: Params, full_size: bool = False) -> dict[str, Any]:
                     "width_mult": 1.0,
                     "head_width": 64,
                     "upsample": (True, True, True),
+                    "decoder_skips": False,
                 }
             )
             torch.manual_seed(params.traffic.train.seed)

@@ -14,6 +14,7 @@ Shapes of the default model (input 512x512, C classes, ``width_mult`` 1.0, "3UP"
     backbone.layer3         2 x ResidualBlock, s2                         (B, 256, 32, 32)
     backbone.layer4         2 x ResidualBlock, s2                         (B, 512, 16, 16)
     decoder                 3 x (ConvTranspose2d k4 s2 + BN + ReLU)       (B, 64, 128, 128)
+                            [+ layer3 / layer2 / layer1 with decoder_skips]
     heads.heatmap           Conv3x3 + ReLU + Conv1x1, then Sigmoid        (B, C, 128, 128)
     heads.wh                Conv3x3 + ReLU + Conv1x1                      (B, 2, 128, 128)
     heads.offset            Conv3x3 + ReLU + Conv1x1                      (B, 2, 128, 128)
@@ -83,6 +84,10 @@ class TrafficNetConfig:
     ("3UP", output stride 4) or e.g. ``(True, True, False)`` ("2UP", seed 004, stride 8).
     ``head_width`` is the hidden width of each prediction head and is not scaled by
     ``width_mult`` (CenterNet uses 64 for every backbone).
+    ``decoder_skips`` adds the backbone's feature map of the same resolution to the output
+    of each upsampling decoder layer (layer3, layer2, layer1 for "3UP"; their widths are
+    the decoder's, so the skips are plain additions). The seed's decoder has none; they
+    give the small demo model the fine detail that its box edges need. Shapes are unchanged.
     """
 
     num_classes: int = 1
@@ -91,6 +96,7 @@ class TrafficNetConfig:
     upsample: tuple[bool, bool, bool] = (True, True, True)
     backbone: str = "resnet18"
     head_width: int = 64
+    decoder_skips: bool = False
 
     def __post_init__(self) -> None:
         # YAML gives lists; store a tuple so configs compare and hash by value.
@@ -122,6 +128,10 @@ class TrafficNetConfig:
             raise ModelConfigError(
                 f"TrafficNetConfig.backbone {self.backbone!r} is unknown; "
                 f"known backbones: {sorted(BACKBONES)}"
+            )
+        if not isinstance(self.decoder_skips, bool):
+            raise ModelConfigError(
+                f"TrafficNetConfig.decoder_skips must be a boolean, got {self.decoder_skips!r}"
             )
         if not _is_int(self.head_width) or self.head_width < 1:
             raise ModelConfigError(
@@ -175,10 +185,12 @@ class ResNetBackbone(nn.Module):
 
     ``widths`` are the channels of layer1..layer4 (the stem uses ``widths[0]``), ``depths``
     the number of :class:`ResidualBlock` per layer; (2, 2, 2, 2) is ResNet-18.
-    Backbones expose ``out_channels`` and ``output_stride`` for the decoder.
+    Backbones expose ``out_channels`` and ``output_stride`` for the decoder, and
+    ``features`` (every stage's map, strides ``feature_strides``) for its skips.
     """
 
     output_stride = 32
+    feature_strides = (4, 8, 16, 32)
 
     def __init__(
         self,
@@ -197,6 +209,7 @@ class ResNetBackbone(nn.Module):
         self.layer3 = self._make_layer(widths[1], widths[2], depths[2], stride=2)
         self.layer4 = self._make_layer(widths[2], widths[3], depths[3], stride=2)
         self.out_channels = widths[3]
+        self.feature_channels = tuple(widths)
 
     @staticmethod
     def _make_layer(in_channels: int, out_channels: int, depth: int, stride: int) -> nn.Sequential:
@@ -204,12 +217,17 @@ class ResNetBackbone(nn.Module):
         blocks += [ResidualBlock(out_channels, out_channels) for _ in range(depth - 1)]
         return nn.Sequential(*blocks)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def features(self, x: Tensor) -> list[Tensor]:
+        """The outputs of layer1..layer4 (strides 4, 8, 16, 32)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        return self.layer4(x)
+        maps = []
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = layer(x)
+            maps.append(x)
+        return maps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.features(x)[-1]
 
 
 def resnet18_backbone(config: TrafficNetConfig) -> ResNetBackbone:
@@ -219,7 +237,8 @@ def resnet18_backbone(config: TrafficNetConfig) -> ResNetBackbone:
 
 
 # The backbone seam: name -> builder. A builder returns an nn.Module mapping (B,3,H,W) to
-# one feature map and exposing ``out_channels`` and ``output_stride``. An HRNet-style
+# one feature map and exposing ``out_channels`` and ``output_stride`` (and, for decoder
+# skips, ``features``, ``feature_strides`` and ``feature_channels``). An HRNet-style
 # backbone (seed 002) is meant to be added here.
 BACKBONES: dict[str, Callable[[TrafficNetConfig], nn.Module]] = {
     "resnet18": resnet18_backbone,
@@ -247,7 +266,8 @@ class Decoder(nn.Module):
     """Recover resolution from the backbone's bottleneck: three layers, each optionally x2.
 
     ``upsample[i]`` chooses whether layer ``i`` doubles the resolution; ``scale`` is the
-    total upsampling factor (8 for "3UP", 4 for "2UP").
+    total upsampling factor (8 for "3UP", 4 for "2UP"). ``skip_layers`` lists the layers
+    whose output gets a backbone map of the same shape added (see ``forward``).
     """
 
     def __init__(
@@ -255,6 +275,7 @@ class Decoder(nn.Module):
         in_channels: int,
         widths: Sequence[int] = DECODER_WIDTHS,
         upsample: Sequence[bool] = (True, True, True),
+        skip_layers: Sequence[int] = (),
     ) -> None:
         super().__init__()
         if len(widths) != len(upsample):
@@ -264,11 +285,20 @@ class Decoder(nn.Module):
             *(decoder_layer(channels[i], channels[i + 1], up) for i, up in enumerate(upsample))
         )
         self.upsample = tuple(upsample)
+        self.skip_layers = tuple(skip_layers)
         self.scale = 2 ** sum(self.upsample)
         self.out_channels = channels[-1]
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.layers(x)
+    def forward(self, x: Tensor, skips: Sequence[Tensor] = ()) -> Tensor:
+        """``skips[j]`` is added to the output of layer ``skip_layers[j]``."""
+        if len(skips) != len(self.skip_layers):
+            raise ValueError(f"Decoder expects {len(self.skip_layers)} skip maps, got {len(skips)}")
+        added = dict(zip(self.skip_layers, skips, strict=True))
+        for index, layer in enumerate(self.layers):
+            x = layer(x)
+            if index in added:
+                x = x + added[index]
+        return x
 
 
 def _head(in_channels: int, head_width: int, out_channels: int) -> nn.Sequential:
@@ -320,7 +350,9 @@ class TrafficQuantizerNet(nn.Module):
         cfg = self.config
         self.backbone = BACKBONES[cfg.backbone](cfg)
         widths = tuple(scale_channels(c, cfg.width_mult) for c in DECODER_WIDTHS)
-        self.decoder = Decoder(self.backbone.out_channels, widths, cfg.upsample)
+        # decoder layer index -> backbone stage, for the skips (empty without them)
+        self.skip_sources = _skip_sources(self.backbone, widths, cfg.upsample) if cfg.decoder_skips else {}
+        self.decoder = Decoder(self.backbone.out_channels, widths, cfg.upsample, tuple(self.skip_sources))
         self.heads = PredictionHeads(self.decoder.out_channels, cfg.num_classes, cfg.head_width)
         # Stride of the output maps relative to the input: 32 / 8 = 4 for "3UP".
         self.output_stride: int = self.backbone.output_stride // self.decoder.scale
@@ -342,7 +374,31 @@ class TrafficQuantizerNet(nn.Module):
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         """(B, 3, H, W) normalised RGB -> ``heatmap`` (B, C, H/s, W/s) in (0, 1), ``wh`` and
         ``offset`` (B, 2, H/s, W/s), with s = ``output_stride``; keys in that order."""
-        return self.heads(self.decoder(self.backbone(images)))
+        if not self.skip_sources:
+            return self.heads(self.decoder(self.backbone(images)))
+        features = self.backbone.features(images)
+        skips = [features[stage] for stage in self.skip_sources.values()]
+        return self.heads(self.decoder(features[-1], skips))
+
+
+def _skip_sources(
+    backbone: nn.Module, widths: Sequence[int], upsample: Sequence[bool]
+) -> dict[int, int]:
+    """For each upsampling decoder layer, the backbone stage with its stride and width."""
+    sources = {}
+    stride = backbone.output_stride
+    for index, (width, up) in enumerate(zip(widths, upsample, strict=True)):
+        if not up:
+            continue
+        stride //= 2
+        stage = backbone.feature_strides.index(stride)
+        if backbone.feature_channels[stage] != width:
+            raise ModelConfigError(
+                f"decoder layer {index} has {width} channels but the backbone map of stride "
+                f"{stride} has {backbone.feature_channels[stage]}: no skip can be added"
+            )
+        sources[index] = stage
+    return sources
 
 
 def _resolve_config(

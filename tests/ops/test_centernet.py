@@ -9,6 +9,7 @@ from ops.centernet import (
     encode_targets,
     focal_loss,
     gaussian_radius,
+    weighted_giou_loss,
 )
 
 
@@ -114,3 +115,39 @@ def test_centernet_loss_is_differentiable_and_weighted():
     # Gradients reach exactly the supervised cells.
     supervised = targets["regression_weight"][0] > 0
     assert torch.equal(outputs["offset"].grad[0, 0] != 0, supervised)
+
+
+def _one_box_targets() -> dict[str, torch.Tensor]:
+    boxes = np.array([[8.0, 8.0, 24.0, 20.0]], dtype=np.float32)  # 4 x 3 cells at stride 4
+    t = encode_targets(boxes, np.array([0]), 1, (16, 16), 4, regression_radius=1)
+    return {k: torch.from_numpy(v)[None] for k, v in t.items()}
+
+
+def test_giou_loss_is_one_minus_the_iou_of_the_decoded_boxes():
+    targets = _one_box_targets()
+    exact = {"wh": targets["wh"].clone(), "offset": targets["offset"].clone()}
+    assert weighted_giou_loss(exact, targets).item() == pytest.approx(0.0, abs=1e-6)
+    # Every supervised cell predicts a box 1.5x wider, same centre: IoU 1 / 1.5, hull = union.
+    wider = {"wh": targets["wh"] * torch.tensor([1.5, 1.0]).view(1, 2, 1, 1), "offset": exact["offset"]}
+    assert weighted_giou_loss(wider, targets).item() == pytest.approx(1 - 1 / 1.5, rel=1e-5)
+    # Disjoint boxes: GIoU goes below 0, so the loss exceeds 1 and still has a gradient.
+    shifted = {"wh": exact["wh"], "offset": (exact["offset"] + 10.0).requires_grad_()}
+    far = weighted_giou_loss(shifted, targets)
+    far.backward()
+    assert far.item() > 1.0
+    assert shifted["offset"].grad.abs().sum() > 0
+
+
+def test_centernet_loss_adds_giou_only_when_weighted():
+    torch.manual_seed(0)
+    targets = _one_box_targets()
+    outputs = {
+        "heatmap": torch.rand(1, 1, 16, 16),
+        "wh": torch.rand(1, 2, 16, 16) * 4,
+        "offset": torch.rand(1, 2, 16, 16),
+    }
+    plain, parts = centernet_loss(outputs, targets, size_weight=0.2, offset_weight=1.0)
+    assert "giou" not in parts
+    total, parts = centernet_loss(outputs, targets, size_weight=0.2, offset_weight=1.0, giou_weight=2.0)
+    assert parts["giou"] > 0
+    assert total.item() == pytest.approx(plain.item() + 2.0 * parts["giou"], rel=1e-6)

@@ -43,7 +43,9 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 def _trained_looking_model() -> TrafficQuantizerNet:
     """A tiny detector whose BatchNorm layers hold non-trivial statistics, as after training."""
     torch.manual_seed(0)
-    model = TrafficQuantizerNet(num_classes=len(CLASSES), input_size=SIZE, width_mult=0.25, head_width=16)
+    model = TrafficQuantizerNet(
+        num_classes=len(CLASSES), input_size=SIZE, width_mult=0.25, head_width=16, decoder_skips=True
+    )
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)

@@ -152,6 +152,39 @@ def test_two_up_decoder_has_output_stride_8() -> None:
     assert out["wh"].shape == out["offset"].shape == (1, 2, 64, 64)
 
 
+def test_decoder_skips_keep_the_design_shapes_and_parameter_count() -> None:
+    torch.manual_seed(0)
+    model = TrafficQuantizerNet(decoder_skips=True).eval()
+    shapes, _ = run_with_stage_hooks(model, torch.randn(1, 3, 512, 512))
+    assert shapes == expected_stage_shapes(1, 1)
+    assert count_parameters(model) == expected_default_parameters(1)  # plain additions
+
+
+@pytest.mark.parametrize(
+    ("upsample", "sources"),
+    [((True, True, True), {0: 2, 1: 1, 2: 0}), ((True, True, False), {0: 2, 1: 1})],
+)
+def test_decoder_skips_add_the_backbone_map_of_the_same_resolution(
+    upsample: tuple[bool, bool, bool], sources: dict[int, int]
+) -> None:
+    torch.manual_seed(0)
+    model = TrafficQuantizerNet(width_mult=0.25, upsample=upsample, decoder_skips=True).eval()
+    assert model.skip_sources == sources  # decoder layer -> backbone stage (layer1 is 0)
+    images = torch.randn(1, 3, 128, 128)
+    with torch.inference_mode():
+        stages = model.backbone.features(images)
+        x = stages[-1]
+        for index, layer in enumerate(model.decoder.layers):
+            x = layer(x)
+            if index in sources:
+                x = x + stages[sources[index]]
+        assert torch.equal(model.decoder(stages[-1], [stages[s] for s in sources.values()]), x)
+        assert torch.equal(model(images)["heatmap"], model.heads(x)["heatmap"])
+        without = TrafficQuantizerNet(width_mult=0.25, upsample=upsample).eval()
+        without.load_state_dict(model.state_dict())
+        assert not torch.allclose(without(images)["wh"], model(images)["wh"])
+
+
 def test_default_decoder_layers_are_stride2_transposed_convs() -> None:
     model = TrafficQuantizerNet(width_mult=0.25)
     for layer in model.decoder.layers:
@@ -258,6 +291,7 @@ def test_config_and_overrides_combine() -> None:
         ("upsample", (True, True)),
         ("upsample", (1, 1, 1)),
         ("head_width", 0),
+        ("decoder_skips", 1),
     ],
 )
 def test_invalid_config_raises_value_error_naming_the_field(field: str, value: object) -> None:

@@ -29,6 +29,7 @@ MODEL_CFG = ModelConfig(
     upsample=(True, True, True),
     backbone="resnet18",
     head_width=16,
+    decoder_skips=True,
     mean=MEAN,
     std=STD,
 )

@@ -11,9 +11,12 @@ from ops.models.traffic_net import count_parameters
 from ops.prune import prune_channels
 
 
-def test_pruning_removes_channels_not_just_weights():
+@pytest.mark.parametrize("decoder_skips", [False, True])
+def test_pruning_removes_channels_not_just_weights(decoder_skips: bool):
     torch.manual_seed(0)
-    model = TrafficQuantizerNet(num_classes=4, input_size=128, width_mult=0.25, head_width=16).eval()
+    model = TrafficQuantizerNet(
+        num_classes=4, input_size=128, width_mult=0.25, head_width=16, decoder_skips=decoder_skips
+    ).eval()
     convs_before = {name: m.weight.shape for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     summary = prune_channels(model, 128, ratio=0.5)
     assert summary.params_after == count_parameters(model) < 0.4 * summary.params_before
