@@ -28,7 +28,7 @@ from torch import nn
 
 from ops.data.detection import PAD_VALUE
 from ops.errors import ExportError
-from ops.io import atomic_path
+from ops.io import atomic_path, is_int
 from ops.models import TrafficQuantizerNet
 from ops.runtime import INPUT_NAME, OUTPUT_NAMES, Predictor
 
@@ -49,11 +49,6 @@ QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 def is_number(value: Any) -> bool:
     """A finite JSON number; ``bool`` is excluded because JSON ``true`` must not pass as 1."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def is_int(value: Any) -> bool:
-    """A JSON integer; ``bool`` excluded as above."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def is_positive_int(value: Any) -> bool:

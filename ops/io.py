@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash never leaves a file that looks complete."""
+"""Atomic file writes (a crash never leaves a file that looks complete), and the integer
+check shared by every reader of parsed JSON and YAML."""
 
 from __future__ import annotations
 
@@ -46,3 +47,9 @@ def save_figure(fig: Any, path: Path | str, dpi: int = 110) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     return Path(path)
+
+
+def is_int(value: Any) -> bool:
+    """An integer, ``bool`` excluded: parsed JSON and YAML give ``True`` for ``true``, which
+    Python would otherwise accept as the integer 1."""
+    return isinstance(value, int) and not isinstance(value, bool)

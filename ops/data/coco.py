@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageFile
 
 from ops.errors import DatasetError
-from ops.io import save_figure, write_json
+from ops.io import is_int, save_figure, write_json
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +107,6 @@ def _fail(path: Path, problems: list[str]) -> DatasetError:
     )
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -147,7 +143,7 @@ def _check_categories(raw: list[Any], problems: list[str]) -> dict[int, dict[str
     for pos, cat in enumerate(raw):
         if (
             not isinstance(cat, dict)
-            or not _is_int(cat.get("id"))
+            or not is_int(cat.get("id"))
             or not isinstance(cat.get("name"), str)
         ):
             problems.append(
@@ -172,7 +168,7 @@ def _check_images(
             continue
         image_id, name = img.get("id"), img.get("file_name")
         label = f"image {image_id} '{name}'" if isinstance(name, str) else f"image #{pos}"
-        bad = [key for key in ("id", "width", "height") if not _is_int(img.get(key))]
+        bad = [key for key in ("id", "width", "height") if not is_int(img.get(key))]
         if not isinstance(name, str) or not name:
             bad.append("file_name")
         if bad:
@@ -209,10 +205,10 @@ def _check_annotations(
             problems.append(f"annotation #{pos}: must be an object, got {type(ann).__name__}")
             continue
         ann_id, image_id, cat_id = ann.get("id"), ann.get("image_id"), ann.get("category_id")
-        image = images.get(image_id) if _is_int(image_id) else None
+        image = images.get(image_id) if is_int(image_id) else None
         where = f" (image {image_id} '{image['file_name']}')" if image else f" (image {image_id})"
-        label = f"annotation {ann_id}{where}" if _is_int(ann_id) else f"annotation #{pos}{where}"
-        bad = [key for key in ("id", "image_id", "category_id") if not _is_int(ann.get(key))]
+        label = f"annotation {ann_id}{where}" if is_int(ann_id) else f"annotation #{pos}{where}"
+        bad = [key for key in ("id", "image_id", "category_id") if not is_int(ann.get(key))]
         if bad:
             problems.append(f"{label}: missing or ill-typed {', '.join(bad)}")
             continue

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ops.errors import ConfigError
+from ops.io import is_int
 
 # CenterNet initialises the heatmap's last bias to -log((1 - p) / p) with prior p = 0.1, so
 # training starts from "almost everything is background" and the focal loss is not swamped
@@ -101,11 +102,11 @@ class TrafficNetConfig:
     def __post_init__(self) -> None:
         # YAML gives lists; store a tuple so configs compare and hash by value.
         object.__setattr__(self, "upsample", tuple(self.upsample))
-        if not _is_int(self.num_classes) or self.num_classes < 1:
+        if not is_int(self.num_classes) or self.num_classes < 1:
             raise ModelConfigError(
                 f"TrafficNetConfig.num_classes must be an integer >= 1, got {self.num_classes!r}"
             )
-        if not _is_int(self.input_size) or self.input_size < 32 or self.input_size % 32:
+        if not is_int(self.input_size) or self.input_size < 32 or self.input_size % 32:
             raise ModelConfigError(
                 "TrafficNetConfig.input_size must be a positive multiple of 32 (the backbone's "
                 f"stride), got {self.input_size!r}"
@@ -133,14 +134,10 @@ class TrafficNetConfig:
             raise ModelConfigError(
                 f"TrafficNetConfig.decoder_skips must be a boolean, got {self.decoder_skips!r}"
             )
-        if not _is_int(self.head_width) or self.head_width < 1:
+        if not is_int(self.head_width) or self.head_width < 1:
             raise ModelConfigError(
                 f"TrafficNetConfig.head_width must be an integer >= 1, got {self.head_width!r}"
             )
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # --------------------------------------------------------------------------------------
