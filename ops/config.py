@@ -48,6 +48,22 @@ class TrafficGeneratorConfig(StrictModel):
         return self
 
 
+class SiddGeneratorConfig(StrictModel):
+    """Procedural SIDD-style pairs written in the official layouts: clean procedural scenes and
+    noisy versions made by a camera noise model in linear light (Brooks et al. 2019)."""
+
+    seed: int = Field(description="Random seed: the same seed writes byte-identical files.")
+    num_train_scenes: int = Field(gt=0, description="Scene instances (folders) in the training layout.")
+    num_val_images: int = Field(gt=0, description="Images the validation blocks are cut from (SIDD: 40).")
+    blocks_per_image: int = Field(gt=0, description="Validation blocks per image (SIDD: 32).")
+    block_size: int = Field(ge=16, description="Side of a square validation block in pixels (SIDD: 256).")
+    image_width: int = Field(ge=64, description="Width of generated images in pixels.")
+    image_height: int = Field(ge=64, description="Height of generated images in pixels.")
+    iso_levels: list[int] = Field(
+        min_length=1, description="ISO values drawn per scene instance; the noise level follows the ISO."
+    )
+
+
 class DatasetConfig(StrictModel):
     source: Literal["generate", "local"] = Field(
         description="'generate' writes procedural data; 'local' reads an existing COCO copy."

@@ -42,3 +42,8 @@ class VersioningError(VisionForgeError):
 
 class StorageError(VisionForgeError):
     """The S3 bucket is missing, unreachable, or refuses the credentials (never printed)."""
+
+
+class DownloadError(VisionForgeError):
+    """A download failed (unreachable URL, wrong checksum, server cut the transfer) or an archive
+    is unsafe (absolute paths, ``..``, links leading outside, expands past its size limit)."""
