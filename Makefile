@@ -119,9 +119,9 @@ cpp: $(STAMP) $(CPP_STAMP)
 	cmake -S cpp -B $(CPP_BUILD) -G Ninja
 	cmake --build $(CPP_BUILD) --parallel $(CPP_JOBS)
 
-# A 5 s procedural traffic clip with moving vehicles (ops/data/traffic_video.py).
+# A 5 s procedural traffic clip with moving vehicles (ops/detection/video.py).
 $(DEMO_VIDEO): | $(STAMP)
-	$(BIN)/python -m ops.data.traffic_video $@
+	$(BIN)/python -m ops.detection.video $@
 
 demo-video: $(DEMO_VIDEO)
 

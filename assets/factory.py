@@ -11,7 +11,6 @@ nested under this Dagster run's parent run, and its artefact registered; ``<task
 moves the registry aliases.
 """
 
-import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,11 +30,19 @@ from dagster import (
 )
 from pydantic import Field
 
-from assets.metadata import file_entries, image_md, md_table, numeric, plots, tracking_entries
+from assets.metadata import (
+    file_entries,
+    image_md,
+    md_table,
+    numeric,
+    plots,
+    tracking_entries,
+    values_entries,
+)
 from assets.resources import ParamsResource, TrackingResource
 from ops.errors import DatasetError
-from ops.gates import cosine_gate
 from ops.layout import TaskLayout
+from ops.tasks import task_spec, task_steps
 from ops.tracking import Tracker
 from ops.versioning import dataset_status
 
@@ -91,37 +98,25 @@ def _gate_result(gate: Mapping[str, Any], asset_key: AssetKey, name: str | None 
 
 
 def _integrity_result(
-    asset_key: AssetKey, reports: Mapping[str, Any] | None, error: str | None
+    asset_key: AssetKey, problems: list[str], header: list[str], rows: list[list[Any]]
 ) -> AssetCheckResult:
-    """The dataset is usable for training: it loaded cleanly, and every split has boxes of every class."""
-    problems = [error] if error else []
-    rows = []
-    for split, report in (reports or {}).items():
-        counts = report["class_counts"]
-        if report["num_images"] == 0 or report["num_annotations"] == 0:
-            problems.append(f"{split}: {report['num_images']} images, {report['num_annotations']} boxes")
-        missing = sorted(name for name, count in counts.items() if count == 0)
-        if split == "train" and missing:
-            problems.append(f"train: no boxes of class {', '.join(missing)}")
-        rows.append([split, report["num_images"], report["num_annotations"], report["truncated_boxes"]])
+    """The dataset is usable for training: it loaded cleanly and the task's own rules hold."""
     metadata: dict[str, Any] = {"problems": MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none")}
     if rows:
-        metadata["splits"] = md_table(["split", "images", "boxes", "boxes cut by the border"], rows)
+        metadata["splits"] = md_table(header, rows)
     return AssetCheckResult(
         asset_key=asset_key,
         check_name="integrity",
         passed=not problems,
         severity=AssetCheckSeverity.ERROR,
         metadata=metadata,
-        description="every image and annotation valid; both splits non-empty; every class has training boxes"
-        if not problems
-        else "; ".join(problems),
+        description="; ".join(problems) if problems else "every file valid, the data usable for training",
     )
 
 
 def build_task_assets(task: str) -> list[AssetsDefinition]:
     """The chain of ``task`` as Dagster assets keyed ``<task>/<stage>``, checks attached."""
-    steps = importlib.import_module(f"ops.{task}")
+    steps = task_steps(task)
     gates = tuple(steps.GATES)  # every gate validate() can report; Dagster needs them up front
 
     def key(stage: str) -> AssetKey:
@@ -139,8 +134,8 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
                 "integrity",
                 asset=key("dataset"),
                 blocking=True,
-                description="Every image and annotation is valid, both splits have boxes, every "
-                "class has training boxes.",
+                description="Every file of the dataset is valid and the task's data rules hold "
+                "(listed in the check's metadata when they fail).",
             )
         ],
         **common,
@@ -166,29 +161,26 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
             "dvc_detail": MetadataValue.text(status.describe()),
             **file_entries("dataset", root),
         }
+        problems, header, rows = [error] if error else [], [], []
         if reports is not None:
             metadata.update(_record(context, tracker, task, "ingest"))
-        for split, report in (reports or {}).items():
-            metadata[f"{split}_images"] = MetadataValue.int(report["num_images"])
-            metadata[f"{split}_annotations"] = MetadataValue.int(report["num_annotations"])
-            metadata[f"{split}_objects_per_image_mean"] = MetadataValue.float(
-                report["objects_per_image"]["mean"]
-            )
-            metadata[f"{split}_class_counts"] = MetadataValue.json(report["class_counts"])
-            metadata[f"{split}_report"] = MetadataValue.path(report["files"]["json"])
-            metadata.update(plots({f"box_sizes_{split}": report["files"]["png"]}))
+            values, dataset_plots = steps.dataset_metadata(reports)
+            metadata.update(values_entries(values))
+            metadata.update(plots(dataset_plots))
+            task_problems, header, rows = steps.integrity_problems(reports)
+            problems += task_problems
         return MaterializeResult(
             metadata=metadata,
             data_version=DataVersion(version),
-            check_results=[_integrity_result(key("dataset"), reports, error)],
+            check_results=[_integrity_result(key("dataset"), problems, header, rows)],
         )
 
     @asset(
         name="model",
         deps=[dataset],
         kinds={"pytorch"},
-        description="The trained PyTorch detector (released weights) with its training curves "
-        "and its mAP on the validation split.",
+        description=f"The trained PyTorch {task_spec(task).model_noun} (released weights) with its "
+        "training curves and its quality on the validation split.",
         **common,
     )
     def model(
@@ -232,8 +224,7 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
                 "parity",
                 asset=key("onnx"),
                 blocking=True,
-                description="Lowest cosine similarity of the ONNX outputs to PyTorch's reaches "
-                "validation.min_output_cosine.",
+                description=steps.PARITY_CHECK,
             )
         ],
         **common,
@@ -245,10 +236,8 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
         tracker = tracking.open(cfg)
         report = steps.export(cfg)
         parity = report["parity"]
-        gate = cosine_gate(
-            "onnx", parity["onnx"]["min_cosine"], getattr(cfg, task).validation.min_output_cosine
-        )
-        context.log.info(f"{task}/onnx: min cosine {parity['onnx']['min_cosine']:.8f}")
+        gate = steps.parity_gate(cfg, report)
+        context.log.info(f"{task}/onnx: parity {gate.value} ({gate.comparison} {gate.threshold})")
         metadata: dict[str, Any] = {
             **file_entries("onnx", report["onnx"]),
             "onnx_sha256": MetadataValue.text(report["onnx_sha256"]),
@@ -334,7 +323,7 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
         deps=[model, onnx, int8, tensorrt],
         kinds={"python"},
         description="Every deployable artefact scored on the validation split; the release gates "
-        "(output parity, mAP lost against PyTorch) as blocking asset checks.",
+        "(output parity, quality lost against PyTorch) as blocking asset checks.",
         check_specs=[
             AssetCheckSpec(
                 check_name(gate),
@@ -402,15 +391,8 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
         }
         for backend, values in backends.items():
             metadata.update(numeric(values, prefix=f"{backend}_"))
-            eval_dir = layout.evaluation(backend)
-            metadata.update(
-                plots(
-                    {
-                        f"{backend}_pr_curve": eval_dir / "pr_curve.png",
-                        f"{backend}_samples": eval_dir / "samples.png",
-                    }
-                )
-            )
+            backend_plots = summary.get("plots", {}).get(backend, {})
+            metadata.update(plots({f"{backend}_{name}": path for name, path in backend_plots.items()}))
         # recorded whether or not the gates passed: the registry keeps failed validations too
         metadata.update(_record(context, tracker, task, "validate"))
         benchmark: Callable[..., dict[str, Any]] | None = getattr(steps, "benchmark", None)
@@ -425,7 +407,7 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
         kinds={"mlflow"},
         description="The release decision in the MLflow registry: alias 'candidate' on the validated "
         "versions; 'champion' moves only when every gate passed and no format's metric is below its "
-        "champion's beyond <task>.release.map_tolerance. Runs only after the blocking gate checks pass.",
+        "champion's beyond <task>.release.tolerance. Runs only after the blocking gate checks pass.",
         **common,
     )
     def release(

@@ -93,6 +93,21 @@ def numeric(values: Mapping[str, Any], prefix: str = "") -> dict[str, MetadataVa
     return out
 
 
+def values_entries(values: Mapping[str, Any]) -> dict[str, MetadataValue]:
+    """A step's plain values as typed metadata: numbers, files (``Path``), JSON (dicts, lists), text."""
+    out: dict[str, MetadataValue] = numeric(values)
+    for key, value in values.items():
+        if key in out or isinstance(value, (bool, np.bool_)):
+            continue
+        if isinstance(value, Path):
+            out[key] = MetadataValue.path(str(value))
+        elif isinstance(value, (dict, list)):
+            out[key] = MetadataValue.json(value)
+        else:
+            out[key] = MetadataValue.text(str(value))
+    return out
+
+
 def tracking_entries(step: str, record: StepLog | None) -> dict[str, MetadataValue]:
     """Where a step's MLflow run is and what it registered (or that tracking was off)."""
     if record is None:

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 try:
-    from ops.models import TrafficNetConfig, TrafficQuantizerNet, count_parameters, estimate_gflops
+    from ops.detection.model import TrafficNetConfig, TrafficQuantizerNet, count_parameters, estimate_gflops
 except ModuleNotFoundError:  # run as a file from a checkout that is not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from ops.models import TrafficNetConfig, TrafficQuantizerNet, count_parameters, estimate_gflops
+    from ops.detection.model import TrafficNetConfig, TrafficQuantizerNet, count_parameters, estimate_gflops
 
 logger = logging.getLogger("benchmarks.forward_latency")
 

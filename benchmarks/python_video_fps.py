@@ -1,8 +1,8 @@
 """The Python video pipeline the C++ detector replaces, timed the way ``visionforge-detect
 --benchmark`` times itself: per frame, reading (OpenCV decode), pre-processing (BGR->RGB,
-letterbox warp, normalisation: ``ops.data.detection.prepare_images``), inference (ONNX
-Runtime, ``ops.runtime.OnnxRuntimePredictor`` with the given intra-op threads) and decoding
-(``ops.evaluate.decode_to_image``). ``--threads`` sets ONNX Runtime's intra-op threads and
+letterbox warp, normalisation: ``ops.detection.data.prepare_images``), inference (ONNX
+Runtime, ``ops.deploy.runtime.OnnxRuntimePredictor`` with the given intra-op threads) and decoding
+(``ops.detection.evaluate.decode_to_image``). ``--threads`` sets ONNX Runtime's intra-op threads and
 torch's (normalisation and decoding run in torch), as the C++ program's ``--threads`` does
 for ONNX Runtime.
 
@@ -26,13 +26,13 @@ import numpy as np
 import torch
 
 try:
-    from ops.data.detection import InputNormalizer, prepare_images
+    from ops.detection.data import InputNormalizer, prepare_images
 except ModuleNotFoundError:  # run as a file from a checkout that is not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from ops.data.detection import InputNormalizer, prepare_images
-from ops.evaluate import decode_to_image
-from ops.export import read_onnx_contract
-from ops.runtime import OnnxRuntimePredictor
+    from ops.detection.data import InputNormalizer, prepare_images
+from ops.deploy.export import read_onnx_contract
+from ops.deploy.runtime import OnnxRuntimePredictor
+from ops.detection.evaluate import decode_to_image
 
 STAGES = ("read (decode)", "pre-processing", "inference", "decoding", "end-to-end")
 

@@ -20,9 +20,10 @@ import yaml
 
 from ops.config import DEFAULT_PARAMS_PATH, Params, load_params
 from ops.errors import VisionForgeError
+from ops.tasks import task_names, task_steps
 
 log = logging.getLogger("visionforge")
-TASKS = ("traffic",)
+TASKS = task_names()
 
 
 def _parse_override(text: str) -> tuple[str, Any]:
@@ -87,10 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate",
         parents=[common],
-        help="score the trained model with pycocotools",
-        description="Run the trained PyTorch model on a split and compute COCO mAP@0.5, "
-        "mAP@[.5:.95] and per-class AP with pycocotools. Writes "
-        "artifacts/<task>/metrics/pytorch.json, detections, a PR curve and sample detections.",
+        help="score the trained model (detection: COCO mAP; restoration: PSNR/SSIM)",
+        description="Run the trained PyTorch model on a split and score it: COCO mAP@0.5, "
+        "mAP@[.5:.95] and per-class AP with pycocotools for detection, PSNR and SSIM beside the "
+        "degraded input's for restoration. Writes artifacts/<task>/metrics/pytorch.json and plots.",
     )
     evaluate.add_argument("task", choices=TASKS, help="which task's model")
     evaluate.add_argument("--split", default="val", choices=("train", "val"), help="split to score")
@@ -99,10 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         parents=[common],
         help="export the trained model to ONNX and torch.export, with a parity check",
-        description="Export artifacts/<task>/model/model.pt to ONNX (input 'images', outputs "
-        "'heatmap', 'wh', 'offset', dynamic batch; mean, std, input size and class names in the "
-        "model's metadata) and to a torch.export program (model.pt2). Both are run against "
-        "PyTorch on validation images; max |diff| and cosine per output go to onnx/parity.json.",
+        description="Export artifacts/<task>/model/model.pt to ONNX (input 'images'; detection: "
+        "outputs 'heatmap', 'wh', 'offset', dynamic batch; restoration: output 'restored', dynamic "
+        "batch, height and width; pre-processing facts in the model's metadata) and to a "
+        "torch.export program (model.pt2). Both are run against PyTorch on validation images; the "
+        "parity figures go to onnx/parity.json.",
     )
     export.add_argument("task", choices=TASKS, help="which task's model")
 
@@ -144,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="score every deployable backend and judge the release gates",
         description="Evaluate PyTorch, ONNX, ONNX INT8 and any TensorRT engine on the validation "
-        "split (metrics/<backend>.json) and judge the gates of validation.* in params: ONNX "
-        "output similarity, mAP@0.5 lost against PyTorch. Exit status 1 when a gate fails.",
+        "split (metrics/<backend>.json) and judge the gates of <task>.validation.* in params: "
+        "ONNX output parity, quality (mAP@0.5 or PSNR) lost against PyTorch. Exit status 1 when "
+        "a gate fails.",
     )
     validate.add_argument("task", choices=TASKS, help="which task's model")
 
@@ -166,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Look up (or register) the MLflow model version of every artefact on disk, then "
         "set the alias 'candidate' on them and move 'champion' only when every validation gate "
         "passed and no format's metric (release.metric) is below its champion's by more than "
-        "release.map_tolerance. Nothing moves when a gate failed; the decision and its reasons are "
+        "release.tolerance. Nothing moves when a gate failed; the decision and its reasons are "
         "tagged on the versions. Exit status 1 when the release is blocked.",
     )
     promote.add_argument("task", choices=TASKS, help="which task's artefacts")
@@ -256,16 +259,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_step(args: argparse.Namespace, params: Params) -> dict[str, Any]:
-    from ops import traffic  # heavy imports (torch) only once arguments are valid
-
+    """Run one step of the task's steps module; print-friendly figures of what it did."""
+    steps = task_steps(args.task)  # heavy imports (torch) only once arguments are valid
     if args.command == "ingest":
-        reports = traffic.ingest(params)
+        reports = steps.ingest(params)
         return {
-            split: {k: v for k, v in r.items() if k in ("num_images", "num_annotations", "files")}
+            split: {k: v for k, v in r.items() if _scalar(v) or k == "files"}
             for split, r in reports.items()
         }
     if args.command == "train":
-        result = traffic.train(params, resume=args.resume)
+        result = steps.train(params, resume=args.resume)
         last = result.history[-1]
         return {
             "model": str(result.model_path),
@@ -274,31 +277,36 @@ def _run_step(args: argparse.Namespace, params: Params) -> dict[str, Any]:
             "final_loss": round(last["loss"], 4),
         }
     if args.command == "evaluate":
-        summary = traffic.evaluate(params, split=args.split)
-        return {k: summary[k] for k in ("backend", "split", "num_images", "map50", "map50_95")}
+        summary = steps.evaluate(params, split=args.split)
+        return {k: v for k, v in summary.items() if _scalar(v)}
     if args.command == "export":
-        report = traffic.export(params)
+        report = steps.export(params)
         return {k: report[k] for k in ("onnx", "onnx_bytes", "program")} | {
             "parity": {
-                name: {"max_abs_diff": r["max_abs_diff"], "min_cosine": r["min_cosine"]}
-                for name, r in report["parity"].items()
+                name: {k: v for k, v in r.items() if _scalar(v)} for name, r in report["parity"].items()
             }
         }
     if args.command == "quantize":
-        report = traffic.quantize(params)
+        report = steps.quantize(params)
         return {k: report[k] for k in ("path", "onnx_bytes", "excluded_nodes", "float_compute_ops")}
     if args.command == "prune":
-        return traffic.prune(params)
+        if not hasattr(steps, "prune"):
+            raise VisionForgeError(f"task {args.task!r} has no prune step")
+        return steps.prune(params)
     if args.command == "build-engine":
-        return traffic.build_engines(params)
+        return steps.build_engines(params)
     if args.command == "validate":
-        return traffic.validate(params)
+        return steps.validate(params)
     if args.command == "benchmark":
-        report = traffic.benchmark(params, full_size=args.full_size)
+        report = steps.benchmark(params, full_size=args.full_size)
         print(report["title"])
         print(report["table"])
         return {"absent": report["absent"], "plot": report["plot"]}
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool) or value is None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -104,7 +104,10 @@ class AugmentConfig(StrictModel):
     color_jitter: float = Field(ge=0, le=1, description="Brightness/contrast jitter strength.")
 
 
-class TrainConfig(StrictModel):
+class TrainLoopConfig(StrictModel):
+    """What the shared training loop (:func:`ops.train.fit`) needs; each task's training config adds
+    its own data and loss settings."""
+
     seed: int = Field(description="Seed for torch, numpy and the data order.")
     epochs: int = Field(gt=0)
     batch_size: int = Field(gt=0)
@@ -121,6 +124,15 @@ class TrainConfig(StrictModel):
     ema_decay: float = Field(
         ge=0, lt=1, description="Exponential moving average of the weights per step; 0 disables."
     )
+    betas: tuple[float, float] = Field(
+        default=(0.9, 0.999),
+        description="AdamW's moment decay rates (NAFNet trains with 0.9, 0.9).",
+    )
+
+
+class TrainConfig(TrainLoopConfig):
+    """The detector's training: the loop's settings plus augmentation and CenterNet's loss weights."""
+
     augment: AugmentConfig
     size_loss_weight: float = Field(ge=0, description="Weight of the L1 size loss (CenterNet: 0.1).")
     offset_loss_weight: float = Field(ge=0, description="Weight of the L1 offset loss (CenterNet: 1).")
@@ -200,7 +212,7 @@ class ReleaseConfig(StrictModel):
     metric: Literal["map50", "map50_95"] = Field(
         description="The validation metric candidate and champion are compared on, per format."
     )
-    map_tolerance: float = Field(
+    tolerance: float = Field(
         ge=0,
         le=1,
         description="How far (mAP / 100) a candidate may fall below the champion and still be "
@@ -220,6 +232,143 @@ class TrafficConfig(StrictModel):
     benchmark: BenchmarkConfig
     validation: ValidationConfig
     release: ReleaseConfig
+
+
+# --- restoration (sidd; gopro reuses every class but the dataset's) ------------------------
+
+
+class DownloadConfig(StrictModel):
+    """An official archive to fetch when ``dataset.source`` is ``download``."""
+
+    url: str | None = Field(description="HTTP(S) address of the archive (zip or tar).")
+    sha256: str | None = Field(
+        description="Expected SHA-256 of the archive; the download is refused when it differs. "
+        "Archive sizes are not reliably documented, so the checksum is what identifies it."
+    )
+    max_bytes: int = Field(gt=0, description="Refuse archives that expand past this many bytes.")
+
+
+class SiddDatasetConfig(StrictModel):
+    source: Literal["generate", "local", "download"] = Field(
+        description="'generate' writes procedural pairs in the official layout; 'local' reads an "
+        "existing SIDD copy at root; 'download' fetches download.url into root first."
+    )
+    root: Path = Field(
+        description="Dataset directory: SIDD_Small_sRGB_Only/ or SIDD_Medium_Srgb/, and the "
+        "validation blocks ValidationNoisyBlocksSrgb.mat / ValidationGtBlocksSrgb.mat."
+    )
+    download: DownloadConfig
+    generator: SiddGeneratorConfig
+
+
+class RestorerConfig(StrictModel):
+    """The restoration network (NAFNet: DESIGN.md's SIDD configuration is enc [2,2,4,8],
+    middle 12, dec [2,2,2,2]; width 32 is NAFNet-w32)."""
+
+    arch: Literal["nafnet"] = Field(description="Network family.")
+    width: int = Field(gt=0, description="Channels of the first level (doubles per level).")
+    enc_blocks: list[int] = Field(min_length=1, description="NAFBlocks per encoder level.")
+    middle_blocks: int = Field(ge=0, description="NAFBlocks at the lowest resolution.")
+    dec_blocks: list[int] = Field(min_length=1, description="NAFBlocks per decoder level.")
+
+    @model_validator(mode="after")
+    def _symmetric(self) -> RestorerConfig:
+        if len(self.enc_blocks) != len(self.dec_blocks):
+            raise ValueError(
+                f"enc_blocks ({len(self.enc_blocks)} levels) and dec_blocks ({len(self.dec_blocks)}) "
+                "must have as many levels"
+            )
+        return self
+
+
+class RestorationTrainConfig(TrainLoopConfig):
+    """The restorer's training: the loop's settings plus crops, augmentation and the loss."""
+
+    crop_size: int = Field(ge=16, description="Side of the random training crops in pixels.")
+    crops_per_epoch: int = Field(gt=0, description="Random crops drawn per epoch (over all pairs).")
+    flips_rotations: bool = Field(description="Random flips and 90-degree rotations of each crop.")
+    loss: Literal["psnr", "charbonnier"] = Field(
+        description="psnr: NAFNet's PSNR loss (10/ln10 * log MSE); charbonnier: sqrt(d^2 + eps^2)."
+    )
+    charbonnier_eps: float = Field(gt=0, description="Charbonnier's eps (BasicSR: 1e-3).")
+
+
+class RestorationEvaluateConfig(StrictModel):
+    batch_size: int = Field(gt=0, description="Blocks or images per inference batch.")
+    num_sample_images: int = Field(ge=0, description="Rows of the before/after/difference grid.")
+
+
+class RestorationQuantizeConfig(StrictModel):
+    """ONNX Runtime static INT8 quantisation of the restorer (QDQ, int8 weights, uint8 activations)."""
+
+    calibration_images: int = Field(gt=0, description="Training crops used for calibration.")
+    calibration_crop: int = Field(ge=16, description="Side of each calibration crop in pixels.")
+    calibration_method: Literal["minmax", "entropy", "percentile"] = Field(
+        description="How activation ranges are chosen from the calibration data."
+    )
+    per_channel: bool = Field(description="One weight scale per output channel (recommended).")
+    op_types: list[str] = Field(
+        min_length=1,
+        description="ONNX operator types quantised; the rest stays float (restoration loses PSNR "
+        "to quantised activations, so the default quantises the convolutions only).",
+    )
+    keep_float: list[str] = Field(
+        description="Layers kept in float by their module path (e.g. 'intro', 'ending'): the "
+        "network's first and last convolutions see and produce pixels."
+    )
+
+
+class RestorationTensorRTConfig(StrictModel):
+    precisions: list[Literal["fp16", "int8"]] = Field(description="Engines to build.")
+    opt_batch: int = Field(gt=0, description="Batch size the engine is tuned for.")
+    max_batch: int = Field(gt=0, description="Largest batch the engine accepts.")
+    min_size: tuple[int, int] = Field(description="Smallest (height, width) the engine accepts.")
+    opt_size: tuple[int, int] = Field(description="(height, width) the engine is tuned for.")
+    max_size: tuple[int, int] = Field(description="Largest (height, width), e.g. a 720x1280 frame.")
+    workspace_mib: int = Field(gt=0, description="Builder workspace memory limit.")
+
+
+class RestorationBenchmarkConfig(StrictModel):
+    threads: int = Field(gt=0, description="CPU threads every backend gets (the same for all).")
+    warmup: int = Field(ge=0, description="Untimed runs per backend before measuring.")
+    runs: int = Field(gt=0, description="Timed runs per backend, interleaved across backends.")
+    sizes: list[tuple[int, int]] = Field(
+        min_length=1, description="(height, width) of the timed inputs, batch 1 (720x1280: a GoPro frame)."
+    )
+    compile: bool = Field(description="Include torch.compile as a baseline (costs compile time).")
+
+
+class RestorationValidationConfig(StrictModel):
+    """Release gates: how much a deployable backend may lose against PyTorch (PSNR in dB)."""
+
+    min_output_psnr: float = Field(
+        gt=0, description="FP32 ONNX output parity: PSNR of its outputs against PyTorch's (dB)."
+    )
+    max_psnr_drop_onnx: float = Field(ge=0, description="ONNX FP32, PSNR lost against PyTorch (dB).")
+    max_psnr_drop_int8: float = Field(ge=0, description="ONNX INT8, PSNR lost against PyTorch (dB).")
+    max_psnr_drop_tensorrt: float = Field(ge=0, description="TensorRT engines, PSNR lost (dB).")
+
+
+class RestorationReleaseConfig(StrictModel):
+    """When a validated candidate replaces the registry's champion (alias ``champion``)."""
+
+    metric: Literal["psnr", "ssim"] = Field(description="The validation metric compared, per format.")
+    tolerance: float = Field(
+        ge=0, description="How far (dB for psnr) a candidate may fall below the champion and still win."
+    )
+
+
+class SiddConfig(StrictModel):
+    dataset: SiddDatasetConfig
+    model: RestorerConfig
+    train: RestorationTrainConfig
+    evaluate: RestorationEvaluateConfig
+    export: ExportConfig
+    quantize: RestorationQuantizeConfig
+    tensorrt: RestorationTensorRTConfig
+    benchmark: RestorationBenchmarkConfig
+    validation: RestorationValidationConfig
+    release: RestorationReleaseConfig
 
 
 class TrackingConfig(StrictModel):
@@ -269,6 +418,7 @@ class StorageConfig(StrictModel):
 class Params(StrictModel):
     project: ProjectConfig
     traffic: TrafficConfig
+    sidd: SiddConfig
     tracking: TrackingConfig
     storage: StorageConfig
 

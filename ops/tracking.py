@@ -13,7 +13,7 @@ What lands where:
   and gate results. A file whose sha256 is already registered is not registered again;
 - promotion moves aliases, never stages (deprecated since MLflow 2.9): ``candidate`` on the
   validated versions, ``champion`` only when every gate passed and the candidate is not worse
-  than the champion beyond ``<task>.release.map_tolerance``. All checks run before any alias
+  than the champion beyond ``<task>.release.tolerance``. All checks run before any alias
   moves, and aliases moved before a failure are put back, so a failure midway moves none.
 
 Embedded default: a SQLite store and an artefact directory in the project (``tracking.store``,
@@ -45,6 +45,7 @@ from ops.errors import TrackingError, VisionForgeError
 from ops.layout import TaskLayout
 from ops.stages import CPU_BACKENDS, Stage, deployable_artefacts, stage
 from ops.storage import mlflow_artifact_location, mlflow_environment, redact
+from ops.tasks import task_spec
 from ops.versioning import dataset_version, git_commit
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ _SAFE_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 def registered_model_name(task: str, fmt: str) -> str:
     """One registered model per task and format, e.g. ``traffic-detector-onnx-int8``."""
-    return f"{task}-detector-{fmt}"
+    return f"{task}-{task_spec(task).model_noun}-{fmt}"
 
 
 def tracking_uri(params: Params) -> str:
@@ -479,7 +480,8 @@ class Tracker:
                 client.create_registered_model(
                     name,
                     tags={"task": task, TAG_FORMAT: fmt},
-                    description=f"{task} detector as {fmt}; aliases: {ALIAS_CANDIDATE}, {ALIAS_CHAMPION}",
+                    description=f"{task} {task_spec(task).model_noun} as {fmt}; "
+                    f"aliases: {ALIAS_CANDIDATE}, {ALIAS_CHAMPION}",
                 )
             except MlflowException:  # created meanwhile by a parallel step
                 self._call("looking up the registered model", client.get_registered_model, name)
@@ -610,7 +612,7 @@ class Tracker:
             )
         run_id, parent = self._start_child(task, "release", "release", pipeline_run)
         try:
-            decision = self._promote(client, task, cfg.metric, cfg.map_tolerance, run_id)
+            decision = self._promote(client, task, cfg.metric, cfg.tolerance, run_id)
         except BaseException as exc:
             client.set_tag(run_id, TAG_DECISION, "error")
             client.set_tag(run_id, TAG_REASONS, redact(str(exc))[:_MLFLOW_TAG_MAX])
@@ -730,7 +732,7 @@ class Tracker:
                 )
         client.set_tag(run_id, TAG_DECISION, outcome)
         client.set_tag(run_id, TAG_REASONS, text)
-        self._log_params(run_id, {"metric": metric, "map_tolerance": tolerance})
+        self._log_params(run_id, {"metric": metric, "tolerance": tolerance})
         with tempfile.TemporaryDirectory(prefix="release-") as tmp:
             path = Path(tmp) / "decision.json"
             path.write_text(json.dumps(decision.to_dict(), indent=2))

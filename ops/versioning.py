@@ -34,10 +34,11 @@ from ops.errors import VersioningError
 from ops.layout import TaskLayout
 from ops.stages import task_stages
 from ops.storage import dvc_remote, redact
+from ops.tasks import task_names
 
 log = logging.getLogger(__name__)
 
-TASKS = ("traffic",)
+TASKS = task_names()
 # Paths in dvc.yaml are templated from params.yaml, so moving a directory there needs no edit here.
 _TEMPLATED = {"artifacts_dir": "${project.artifacts_dir}", "root": "${%s.dataset.root}"}
 # DVC never looks inside these (its default ignore list).
@@ -142,7 +143,8 @@ def render_dvc_yaml(params: Params, tasks: Sequence[str] = TASKS) -> str:
     for task in tasks:
         stages.update(dvc_stages(params, task))
     header = (
-        "# Rendered by `python -m ops.versioning render` from ops/stages.py: edit that table, not this.\n"
+        "# Rendered by `python -m ops.versioning render` from each task's stage table (stages() in its\n"
+        "# steps module, see ops/tasks.py): edit that table, not this.\n"
         "# One stage per step, each calling the visionforge CLI; paths and params from params.yaml.\n"
         "# `visionforge evaluate` is no stage: validate scores PyTorch too, into the same files.\n"
     )

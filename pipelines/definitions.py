@@ -10,17 +10,16 @@ from dagster import Definitions
 
 from assets.factory import build_task_assets
 from assets.resources import ParamsResource, TrackingResource
+from ops.tasks import task_names
 from pipelines.automation import dataset_sensor, release_job, retrain_job, retrain_schedule
 
-TRAFFIC_ASSETS = build_task_assets("traffic")
-
-retrain_traffic = retrain_job("traffic")
-release_traffic = release_job("traffic")
+ASSETS = [asset for task in task_names() for asset in build_task_assets(task)]
+RETRAIN_JOBS = {task: retrain_job(task) for task in task_names()}
 
 defs = Definitions(
-    assets=TRAFFIC_ASSETS,
+    assets=ASSETS,
     resources={"params": ParamsResource(), "tracking": TrackingResource()},
-    jobs=[retrain_traffic, release_traffic],
-    schedules=[retrain_schedule("traffic", retrain_traffic)],
-    sensors=[dataset_sensor("traffic", retrain_traffic)],
+    jobs=[*RETRAIN_JOBS.values(), *(release_job(task) for task in task_names())],
+    schedules=[retrain_schedule(task, job) for task, job in RETRAIN_JOBS.items()],
+    sensors=[dataset_sensor(task, job) for task, job in RETRAIN_JOBS.items()],
 )

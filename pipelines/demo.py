@@ -40,26 +40,21 @@ _WATCHED = {
     DagsterEventType.ASSET_CHECK_EVALUATION,
 }
 
-# What the summary shows per stage: (metadata key, label). Missing keys are left out.
-SUMMARY_FIELDS: dict[str, Sequence[tuple[str, str]]] = {
-    "dataset": (
-        ("train_images", "train images"),
-        ("train_annotations", "train boxes"),
-        ("val_images", "val images"),
-        ("data_version", "data version"),
-    ),
-    "model": (("map50", "mAP@0.5"), ("map50_95", "mAP@[.5:.95]"), ("epochs", "epochs"), ("device", "on")),
-    "onnx": (("onnx_bytes", "bytes"), ("onnx_min_cosine", "min cosine")),
+# What the summary shows per stage of every task: (metadata key, label); a task's steps module
+# adds its own figures (SUMMARY_FIELDS). Missing keys are left out.
+COMMON_SUMMARY_FIELDS: dict[str, Sequence[tuple[str, str]]] = {
     "int8": (("onnx_int8_bytes", "bytes"), ("size_vs_fp32", "size vs fp32")),
     "tensorrt": (("status", "status"), ("fp16_status", "fp16"), ("int8_status", "int8")),
-    "validation": (
-        ("passed", "gates passed"),
-        ("pytorch_map50", "pytorch mAP@0.5"),
-        ("onnx_map50", "onnx"),
-        ("onnx-int8_map50", "onnx-int8"),
-    ),
     "release": (("decision", "decision"), ("mlflow_release_run", "MLflow run")),
 }
+
+
+def summary_fields(task: str, stage: str) -> Sequence[tuple[str, str]]:
+    from ops.tasks import TASKS, task_steps
+
+    if task not in TASKS:
+        return COMMON_SUMMARY_FIELDS.get(stage, ())
+    return task_steps(task).SUMMARY_FIELDS.get(stage, COMMON_SUMMARY_FIELDS.get(stage, ()))
 
 
 @dataclass
@@ -252,10 +247,10 @@ def format_summary(summary: RunSummary) -> str:
     """The table ``make demo`` ends with: assets with their figures, then every gate."""
     asset_rows = []
     for row in summary.assets:
-        stage = row.key.split("/")[-1]
+        task, _, stage = row.key.rpartition("/")
         figures = [
             f"{label} {_fmt(row.metadata[name])}"
-            for name, label in SUMMARY_FIELDS.get(stage, ())
+            for name, label in summary_fields(task, stage)
             if name in row.metadata
         ]
         seconds = f"{row.seconds:.0f} s" if row.seconds is not None else ""

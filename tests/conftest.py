@@ -67,7 +67,7 @@ def tiny_params(tiny_params_file: Path) -> Params:
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A generated 16/8-image traffic dataset, shared read-only by the tests."""
-    from ops.data.traffic_scenes import generate_traffic_dataset
+    from ops.detection.scenes import generate_traffic_dataset
 
     workdir = tmp_path_factory.mktemp("tiny")
     params = load_params(write_params(workdir, tiny_params_dict(workdir)))

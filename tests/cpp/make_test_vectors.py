@@ -3,14 +3,14 @@
 Writes, into ``--out``:
 
 * ``model.onnx``: a tiny TrafficQuantizerNet (4 classes, 128 px input) with fixed random
-  weights, exported by :func:`ops.export.export_onnx` (the real exporter, metadata included);
+  weights, exported by :func:`ops.deploy.export.export_onnx` (the real exporter, metadata included);
 * ``images/*.png``: procedural traffic scenes of several sizes and aspect ratios (PNG, so
   Python and C++ decode the same pixels), and per image under ``vectors/`` the network input
   Python builds (``prepare_images``), the ONNX Runtime outputs (``OnnxRuntimePredictor``) as
   raw little-endian float32, plus in ``manifest.json`` the Python decoder's top-K in network
   pixels (``decode_detections``, in torch.topk's order, with flat indices) and the final
   detections in image pixels (``decode_to_image``);
-* ``clip.mp4``: a short traffic video (:mod:`ops.data.traffic_video`), ``python_clip.jsonl`` and
+* ``clip.mp4``: a short traffic video (:mod:`ops.detection.video`), ``python_clip.jsonl`` and
   ``python_images.jsonl``: the Python pipeline's detections on it and on ``images/``, for the
   program-level comparison;
 * ``bad/``: inputs the program must refuse or survive: a non-ONNX file, a model breaking the
@@ -38,17 +38,17 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere (CTest does)
     sys.path.insert(0, str(REPO_ROOT))
 
-from ops.centernet import decode_detections  # noqa: E402
 from ops.config import TrafficGeneratorConfig  # noqa: E402
-from ops.data.coco import read_image_rgb  # noqa: E402
-from ops.data.detection import InputNormalizer, prepare_images  # noqa: E402
-from ops.data.traffic_scenes import TRAFFIC_CLASSES, render_traffic_scene  # noqa: E402
-from ops.data.traffic_video import write_traffic_video  # noqa: E402
-from ops.evaluate import decode_to_image  # noqa: E402
-from ops.export import detector_metadata, export_onnx, read_onnx_contract  # noqa: E402
-from ops.models import TrafficQuantizerNet  # noqa: E402
-from ops.runtime import OnnxRuntimePredictor  # noqa: E402
-from ops.tensorrt import SIDECAR_SCHEMA_VERSION, EngineSidecar  # noqa: E402
+from ops.deploy.export import detector_metadata, export_onnx, read_onnx_contract  # noqa: E402
+from ops.deploy.runtime import OnnxRuntimePredictor  # noqa: E402
+from ops.deploy.tensorrt import SIDECAR_SCHEMA_VERSION, EngineSidecar  # noqa: E402
+from ops.detection.centernet import decode_detections  # noqa: E402
+from ops.detection.coco import read_image_rgb  # noqa: E402
+from ops.detection.data import InputNormalizer, prepare_images  # noqa: E402
+from ops.detection.evaluate import decode_to_image  # noqa: E402
+from ops.detection.model import TrafficQuantizerNet  # noqa: E402
+from ops.detection.scenes import TRAFFIC_CLASSES, render_traffic_scene  # noqa: E402
+from ops.detection.video import write_traffic_video  # noqa: E402
 
 INPUT_SIZE = 128
 MEAN = (0.485, 0.456, 0.406)

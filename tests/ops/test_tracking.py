@@ -193,8 +193,8 @@ def test_an_interrupted_registration_is_completed_by_a_rerun_without_duplicates(
 
 
 def test_promotion_rules_failed_gate_better_worse_and_tolerance(tracked_params):
-    params = tracked_params  # release.map_tolerance 0.005 (params.yaml)
-    assert params.traffic.release.map_tolerance == pytest.approx(0.005)
+    params = tracked_params  # release.tolerance 0.005 (params.yaml)
+    assert params.traffic.release.tolerance == pytest.approx(0.005)
     _dataset(params)
     tracker = Tracker(params)
     client = MlflowClient(tracker.uri)

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from ops.config import Params
+from ops.detection.training import load_detector, train_detector
 from ops.errors import CheckpointError
-from ops.train import load_checkpoint, load_detector, train_detector
+from ops.train import load_checkpoint
 
 
 def _train(params: Params, dataset: Path, out_dir: Path, **kwargs):

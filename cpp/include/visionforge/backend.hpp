@@ -1,4 +1,4 @@
-// One inference interface for every engine, as ops/runtime.py's Predictor is for Python: a
+// One inference interface for every engine, as ops/deploy/runtime.py's Predictor is for Python: a
 // normalised NCHW float32 image in (the ONNX contract's `images`), heatmap/wh/offset out.
 // The pipeline only sees this interface, so no code special-cases a backend.
 #pragma once

@@ -1,4 +1,4 @@
-// The JSON sidecar ops/tensorrt.py writes beside every engine (`model.engine` ->
+// The JSON sidecar ops/deploy/tensorrt.py writes beside every engine (`model.engine` ->
 // `model.engine.json`): the TensorRT version and GPU the engine was built for, the hashes of
 // its bytes and of its ONNX source, and the ONNX model's metadata_props, key for key, so the
 // pre- and post-processing are read by the same parser as an ONNX model's (parse_onnx_metadata).
@@ -18,7 +18,7 @@
 namespace visionforge {
 
 // 2: the ONNX metadata_props as one `metadata` object instead of mean/std/input_size/class_names.
-inline constexpr int kSidecarSchemaVersion = 2;  // ops/tensorrt.py SIDECAR_SCHEMA_VERSION
+inline constexpr int kSidecarSchemaVersion = 2;  // ops/deploy/tensorrt.py SIDECAR_SCHEMA_VERSION
 
 struct EngineSidecar {
   int schema_version = 0;
@@ -41,7 +41,7 @@ struct EngineSidecar {
   ModelInfo model_info;
 };
 
-// `<engine>.json`, beside the engine (ops/tensorrt.py sidecar_path).
+// `<engine>.json`, beside the engine (ops/deploy/tensorrt.py sidecar_path).
 std::string sidecar_path(const std::string& engine_path);
 
 // Parse and validate every field as EngineSidecar.from_dict does (schema version first, so an

@@ -1,6 +1,6 @@
 // What a consumer needs to feed the detector and read its outputs. It travels inside the model
-// (ONNX metadata_props, written by ops/export.py) or beside it (the TensorRT engine's JSON
-// sidecar, written by ops/tensorrt.py), so nothing here is ever hard-coded by the program.
+// (ONNX metadata_props, written by ops/deploy/export.py) or beside it (the TensorRT engine's JSON
+// sidecar, written by ops/deploy/tensorrt.py), so nothing here is ever hard-coded by the program.
 #pragma once
 
 #include <array>
@@ -10,7 +10,7 @@
 
 namespace visionforge {
 
-// The ONNX contract's tensor names (ops/runtime.py: INPUT_NAME, OUTPUT_NAMES).
+// The ONNX contract's tensor names (ops/deploy/runtime.py: INPUT_NAME, OUTPUT_NAMES).
 inline constexpr const char* kInputName = "images";
 inline const std::vector<std::string>& output_names();  // heatmap, wh, offset
 

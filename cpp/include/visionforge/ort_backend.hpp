@@ -1,5 +1,5 @@
 // ONNX Runtime on the CPU, through its C API (the library shipped in the onnxruntime wheel).
-// Session options mirror ops/runtime.py ort_session_options so C++ and Python run the same
+// Session options mirror ops/deploy/runtime.py ort_session_options so C++ and Python run the same
 // graph the same way: full graph optimisation, the given intra-op threads, one inter-op
 // thread, no spinning.
 #pragma once

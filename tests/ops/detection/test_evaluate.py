@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from ops.centernet import encode_targets
-from ops.data.coco import load_coco_split
-from ops.data.detection import letterbox_matrix, transform_boxes
-from ops.evaluate import (
+from ops.detection.centernet import encode_targets
+from ops.detection.coco import load_coco_split
+from ops.detection.data import letterbox_matrix, transform_boxes
+from ops.detection.evaluate import (
     ImageDetections,
     coco_metrics,
     decode_to_image,

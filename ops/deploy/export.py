@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ops.data.detection import PAD_VALUE
+from ops.deploy.runtime import INPUT_NAME, OUTPUT_NAMES, Predictor
+from ops.detection.data import PAD_VALUE
+from ops.detection.model import TrafficQuantizerNet
 from ops.errors import ExportError
 from ops.io import atomic_path, is_int
-from ops.models import TrafficQuantizerNet
-from ops.runtime import INPUT_NAME, OUTPUT_NAMES, Predictor
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +347,7 @@ def export_program(model: TrafficQuantizerNet, input_size: int, path: Path) -> P
 
 
 class ProgramPredictor:
-    """A saved ``torch.export`` program as a :class:`~ops.runtime.Predictor`."""
+    """A saved ``torch.export`` program as a :class:`~ops.deploy.runtime.Predictor`."""
 
     def __init__(self, path: Path, backend: str = "pytorch-export") -> None:
         path = Path(path)

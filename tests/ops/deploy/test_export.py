@@ -18,10 +18,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from ops.data.coco import load_coco_split
-from ops.data.detection import InputNormalizer, load_input_batches
-from ops.errors import ExportError
-from ops.export import (
+from ops.deploy.export import (
     ProgramPredictor,
     deployable_detector,
     detector_metadata,
@@ -32,8 +29,11 @@ from ops.export import (
     read_onnx_contract,
     sha256_file,
 )
-from ops.models import TrafficQuantizerNet
-from ops.runtime import OUTPUT_NAMES, OnnxRuntimePredictor, TorchPredictor
+from ops.deploy.runtime import OUTPUT_NAMES, OnnxRuntimePredictor, TorchPredictor
+from ops.detection.coco import load_coco_split
+from ops.detection.data import InputNormalizer, load_input_batches
+from ops.detection.model import TrafficQuantizerNet
+from ops.errors import ExportError
 
 SIZE = 128
 CLASSES = ["car", "truck", "bus", "pedestrian"]

@@ -2000,7 +2000,7 @@ def _coco_document(
             "version": RENDERER_VERSION,
             "split": split,
             "generator": {
-                "name": "ops.data.traffic_scenes",
+                "name": "ops.detection.scenes",
                 "renderer_version": RENDERER_VERSION,
                 "config": cfg.model_dump(mode="json"),
             },

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from ops.config import AugmentConfig
-from ops.data.coco import load_coco_split
-from ops.data.detection import (
+from ops.detection.coco import load_coco_split
+from ops.detection.data import (
     DetectionDataset,
     InputNormalizer,
     letterbox_matrix,

@@ -18,14 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from ops.benchmark import BackendRow, format_table, measure_interleaved, plot_benchmark
 from ops.config import ModelConfig, Params
-from ops.data.coco import load_coco_split, write_dataset_report
-from ops.data.detection import InputNormalizer, load_input_batches
-from ops.data.traffic_scenes import generate_traffic_dataset
-from ops.errors import DatasetError
-from ops.evaluate import evaluate_predictor
-from ops.export import (
+from ops.deploy.benchmark import BackendRow, format_table, measure_interleaved, plot_benchmark
+from ops.deploy.export import (
     ProgramPredictor,
     detector_metadata,
     export_onnx,
@@ -34,13 +29,20 @@ from ops.export import (
     parity,
     sha256_file,
 )
+from ops.deploy.optimize import calibration_batches, quantize_int8
+from ops.deploy.runtime import OnnxRuntimePredictor, Predictor, TorchPredictor
+from ops.detection.coco import load_coco_split, write_dataset_report
+from ops.detection.data import InputNormalizer, load_input_batches
+from ops.detection.evaluate import evaluate_predictor
+from ops.detection.model import TrafficQuantizerNet, estimate_gflops
+from ops.detection.scenes import generate_traffic_dataset
+from ops.detection.training import build_detector, load_detector, train_detector
+from ops.errors import DatasetError
 from ops.gates import Gate, all_passed, cosine_gate, map_drop_gate, skipped_gate
 from ops.io import write_json
 from ops.layout import TaskLayout
-from ops.models import TrafficQuantizerNet, estimate_gflops
-from ops.optimize import calibration_batches, quantize_int8
-from ops.runtime import OnnxRuntimePredictor, Predictor, TorchPredictor
-from ops.train import TrainDetectorResult, build_detector, load_detector, train_detector
+from ops.stages import CPU_BACKENDS, Plot, Stage, deployable_artefacts
+from ops.train import TrainResult
 
 log = logging.getLogger(__name__)
 TASK = "traffic"
@@ -61,6 +63,28 @@ GATES = {
 }
 
 
+PARITY_CHECK = (
+    "Lowest cosine similarity of the ONNX outputs to PyTorch's reaches validation.min_output_cosine."
+)
+# What the demo's summary shows per stage of this task: (metadata key, label).
+SUMMARY_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "dataset": (
+        ("train_images", "train images"),
+        ("train_annotations", "train boxes"),
+        ("val_images", "val images"),
+        ("data_version", "data version"),
+    ),
+    "model": (("map50", "mAP@0.5"), ("map50_95", "mAP@[.5:.95]"), ("epochs", "epochs"), ("device", "on")),
+    "onnx": (("onnx_bytes", "bytes"), ("onnx_min_cosine", "min cosine")),
+    "validation": (
+        ("passed", "gates passed"),
+        ("pytorch_map50", "pytorch mAP@0.5"),
+        ("onnx_map50", "onnx"),
+        ("onnx-int8_map50", "onnx-int8"),
+    ),
+}
+
+
 def ingest(params: Params) -> dict[str, Any]:
     """Generate (or find) the dataset, validate both splits and write their reports."""
     cfg = params.traffic.dataset
@@ -75,9 +99,38 @@ def ingest(params: Params) -> dict[str, Any]:
     return reports
 
 
+def dataset_metadata(reports: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Path]]:
+    """What the dataset asset shows per split: counts, class balance, the report file; and plots."""
+    values: dict[str, Any] = {}
+    plots: dict[str, Path] = {}
+    for split, report in reports.items():
+        values[f"{split}_images"] = report["num_images"]
+        values[f"{split}_annotations"] = report["num_annotations"]
+        values[f"{split}_objects_per_image_mean"] = float(report["objects_per_image"]["mean"])
+        values[f"{split}_class_counts"] = report["class_counts"]
+        values[f"{split}_report"] = Path(report["files"]["json"])
+        plots[f"box_sizes_{split}"] = Path(report["files"]["png"])
+    return values, plots
+
+
+def integrity_problems(reports: dict[str, Any]) -> tuple[list[str], list[str], list[list[Any]]]:
+    """Why the dataset cannot be trained on (both splits need boxes, every class training boxes),
+    and a table of the splits (header, rows) for the integrity check."""
+    problems, rows = [], []
+    for split, report in reports.items():
+        counts = report["class_counts"]
+        if report["num_images"] == 0 or report["num_annotations"] == 0:
+            problems.append(f"{split}: {report['num_images']} images, {report['num_annotations']} boxes")
+        missing = sorted(name for name, count in counts.items() if count == 0)
+        if split == "train" and missing:
+            problems.append(f"train: no boxes of class {', '.join(missing)}")
+        rows.append([split, report["num_images"], report["num_annotations"], report["truncated_boxes"]])
+    return problems, ["split", "images", "boxes", "boxes cut by the border"], rows
+
+
 def train(
     params: Params, resume: bool = False, after_epoch: Callable[[int], None] | None = None
-) -> TrainDetectorResult:
+) -> TrainResult:
     layout = TaskLayout.for_task(params, TASK)
     return train_detector(
         params.traffic.dataset.root,
@@ -154,6 +207,12 @@ def export(params: Params) -> dict[str, Any]:
     }
 
 
+def parity_gate(params: Params, report: dict[str, Any]) -> Gate:
+    """The export's parity check: the FP32 ONNX outputs point the same way as PyTorch's."""
+    min_cosine = report["parity"]["onnx"]["min_cosine"]
+    return cosine_gate("onnx", min_cosine, params.traffic.validation.min_output_cosine)
+
+
 def quantize(params: Params) -> dict[str, Any]:
     """INT8 QDQ model calibrated on training images; report in ``int8/quantization.json``."""
     layout = TaskLayout.for_task(params, TASK)
@@ -175,7 +234,7 @@ def build_engines(params: Params) -> dict[str, Any]:
     The outcome of every requested precision lands in ``tensorrt/build.json``; a skipped
     build (no GPU, no TensorRT) says why and never leaves an engine-looking file behind.
     """
-    from ops import tensorrt
+    from ops.deploy import tensorrt
 
     layout = TaskLayout.for_task(params, TASK)
     cfg = params.traffic.tensorrt
@@ -208,7 +267,7 @@ def deployable_predictors(params: Params, threads: int | None = None) -> dict[st
     for precision in params.traffic.tensorrt.precisions:
         engine = layout.engine(precision)
         if engine.is_file():
-            from ops.tensorrt import TensorRTPredictor
+            from ops.deploy.tensorrt import TensorRTPredictor
 
             predictors[f"trt-{precision}"] = TensorRTPredictor(engine)
     return predictors
@@ -282,6 +341,10 @@ def validate(params: Params) -> dict[str, Any]:
         "passed": all_passed(gates),
         "gates": [g.to_dict() for g in gates],
         "metrics": {b: {k: m[k] for k in ("map50", "map50_95")} for b, m in metrics.items()},
+        "plots": {
+            b: {name: str(layout.evaluation(b) / f"{name}.png") for name in ("pr_curve", "samples")}
+            for b in metrics
+        },
     }
     write_json(layout.validation, summary)
     for gate in gates:
@@ -333,7 +396,7 @@ def _benchmark_predictors(
         absent["onnx-cuda"] = (
             "onnxruntime has no CUDAExecutionProvider here (needs onnxruntime-gpu and a GPU)"
         )
-    from ops import tensorrt
+    from ops.deploy import tensorrt
 
     reason = tensorrt.tensorrt_unavailable_reason()
     for engine in engines:
@@ -443,8 +506,9 @@ def prune(params: Params) -> dict[str, Any]:
     """
     import torch
 
-    from ops.prune import prune_channels
-    from ops.train import detector_training_data, fit
+    from ops.deploy.prune import prune_channels
+    from ops.detection.training import detector_training_data
+    from ops.train import fit
 
     layout = TaskLayout.for_task(params, TASK)
     cfg, model_cfg = params.traffic.prune, params.traffic.model
@@ -530,3 +594,125 @@ def prune(params: Params) -> dict[str, Any]:
     }
     write_json(out_dir / "report.json", report)
     return report
+
+
+def stages(params: Params) -> list[Stage]:
+    """What each step reads and writes: the DVC stages and MLflow runs of this task."""
+    layout = TaskLayout.for_task(params, TASK)
+    cfg = params.traffic
+    artefacts = deployable_artefacts(params, TASK)
+    root = layout.dataset
+    report = layout.dataset_report
+    generated = cfg.dataset.source == "generate"
+    engines = tuple((fmt, path) for fmt, path in artefacts.items() if fmt.startswith("trt-"))
+    history = layout.model_dir / "history.json"
+    bench = layout.benchmark_dir / "trained"
+    return [
+        Stage(
+            "ingest",
+            params=("traffic.dataset",),
+            deps=() if generated else (root,),
+            outs=((root,) if generated else ())
+            + tuple(report / f"report_{s}.json" for s in ("train", "val")),
+            plots=tuple(
+                Plot(report / f"box_sizes_{s}.png", title=f"box sizes ({s})") for s in ("train", "val")
+            ),
+            description="generate (or check) the dataset and write its report",
+        ),
+        Stage(
+            "train",
+            params=("traffic.model", "traffic.train"),
+            deps=(root,),
+            outs=(layout.weights, layout.checkpoint),
+            plots=(
+                Plot(history, x="epoch", y="loss", title="training loss"),
+                Plot(layout.model_dir / "training_curves.png", title="training curves"),
+            ),
+            registers=(("pytorch", artefacts["pytorch"]),),
+            description="train the detector",
+        ),
+        Stage(
+            # validate scores PyTorch again (into the same files), so evaluate is no DVC stage
+            "evaluate",
+            params=("traffic.model", "traffic.evaluate"),
+            deps=(root, layout.weights),
+            outs=(layout.evaluation("pytorch") / "detections.json",),
+            metrics=(layout.metrics("pytorch"),),
+            plots=_eval_plots(layout, ("pytorch",)),
+            in_dvc=False,
+            description="mAP of the PyTorch model",
+        ),
+        Stage(
+            "export",
+            params=("traffic.model", "traffic.export"),
+            deps=(root, layout.weights),
+            outs=(layout.onnx, layout.program),
+            metrics=(layout.parity,),
+            registers=(("onnx", artefacts["onnx"]),),
+            description="ONNX and torch.export, parity-checked against PyTorch",
+        ),
+        Stage(
+            "quantize",
+            params=("traffic.model", "traffic.quantize", "traffic.train.seed"),
+            deps=(root, layout.onnx),
+            outs=(layout.onnx_int8,),
+            metrics=(layout.quantization_report,),
+            registers=(("onnx-int8", artefacts["onnx-int8"]),),
+            description="INT8 static quantisation",
+        ),
+        Stage(
+            "build-engine",
+            params=("traffic.tensorrt",),
+            deps=(layout.onnx, layout.onnx_int8),
+            outs=(layout.tensorrt_dir,),  # engines where a GPU built them, always build.json
+            registers=engines,
+            description="TensorRT engines (a recorded skip without a GPU)",
+        ),
+        Stage(
+            "validate",
+            params=("traffic.model", "traffic.evaluate", "traffic.validation", "traffic.tensorrt.precisions"),
+            deps=(root, layout.weights, layout.onnx, layout.onnx_int8, layout.parity, layout.tensorrt_dir),
+            outs=tuple(layout.evaluation(b) / "detections.json" for b in CPU_BACKENDS),
+            metrics=(*(layout.metrics(b) for b in CPU_BACKENDS), layout.validation),
+            plots=_eval_plots(layout, CPU_BACKENDS),
+            description="score every backend and judge the release gates",
+        ),
+        Stage(
+            "benchmark",
+            params=("traffic.model", "traffic.benchmark"),
+            deps=(
+                root,
+                layout.weights,
+                layout.onnx,
+                layout.onnx_int8,
+                layout.tensorrt_dir,
+                *(layout.metrics(b) for b in CPU_BACKENDS),
+            ),
+            metrics=(bench / "benchmark.json",),
+            plots=(Plot(bench / "benchmark.png", title="latency per backend"),),
+            description="latency of every backend side by side",
+        ),
+        Stage(
+            "prune",
+            params=(
+                "traffic.model",
+                "traffic.prune",
+                "traffic.train",
+                "traffic.evaluate",
+                "traffic.export.opset",
+                "traffic.benchmark",
+            ),
+            deps=(root, layout.weights, layout.onnx),
+            outs=(layout.pruned_dir / "model.onnx", layout.pruned_dir / "model.pt2"),
+            metrics=(layout.pruned_dir / "report.json",),
+            description="structured channel pruning and what it changes",
+        ),
+    ]
+
+
+def _eval_plots(layout: TaskLayout, backends: tuple[str, ...]) -> tuple[Plot, ...]:
+    return tuple(
+        Plot(layout.evaluation(b) / name, title=f"{b} {name.removesuffix('.png').replace('_', ' ')}")
+        for b in backends
+        for name in ("pr_curve.png", "samples.png")
+    )

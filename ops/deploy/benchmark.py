@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ops.deploy.runtime import Predictor
 from ops.io import save_figure
-from ops.runtime import Predictor
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from ops.models import TrafficQuantizerNet
-from ops.models.traffic_net import count_parameters
-from ops.prune import prune_channels
+from ops.deploy.prune import prune_channels
+from ops.detection.model import TrafficQuantizerNet, count_parameters
 
 
 @pytest.mark.parametrize("decoder_skips", [False, True])

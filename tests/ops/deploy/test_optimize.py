@@ -11,17 +11,17 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from ops.config import ModelConfig, QuantizeConfig
-from ops.data.coco import load_coco_split
-from ops.errors import ExportError
-from ops.export import detector_metadata, export_onnx, parity, read_onnx_contract
-from ops.optimize import (
+from ops.deploy.export import detector_metadata, export_onnx, parity, read_onnx_contract
+from ops.deploy.optimize import (
     calibration_batches,
     output_layer_nodes,
     quantize_int8,
     rewrite_transposed_convolutions,
 )
-from ops.runtime import OnnxRuntimePredictor
-from tests.ops.test_export import CLASSES, MEAN, SIZE, STD, _trained_looking_model
+from ops.deploy.runtime import OnnxRuntimePredictor
+from ops.detection.coco import load_coco_split
+from ops.errors import ExportError
+from tests.ops.deploy.test_export import CLASSES, MEAN, SIZE, STD, _trained_looking_model
 
 MODEL_CFG = ModelConfig(
     input_size=SIZE,

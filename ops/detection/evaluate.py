@@ -1,6 +1,6 @@
 """Decoding raw detector outputs into detections, and COCO evaluation with pycocotools.
 
-Evaluation is backend-neutral: it takes a :class:`~ops.runtime.Predictor` (a batch of
+Evaluation is backend-neutral: it takes a :class:`~ops.deploy.runtime.Predictor` (a batch of
 normalised NCHW float32 images in, ``heatmap``/``wh``/``offset`` arrays out), so PyTorch,
 ONNX Runtime and TensorRT are all scored by the same code and the same pycocotools call.
 """
@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ops.centernet import decode_detections
 from ops.config import EvaluateConfig, ModelConfig
-from ops.data.coco import CocoSplit, read_image_rgb
-from ops.data.detection import InputNormalizer, prepare_images
+from ops.deploy.runtime import Predictor
+from ops.detection.centernet import decode_detections
+from ops.detection.coco import CocoSplit, read_image_rgb
+from ops.detection.data import InputNormalizer, prepare_images
 from ops.io import save_figure, write_json
-from ops.runtime import Predictor
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from ops.centernet import (
+from ops.detection.centernet import (
     centernet_loss,
     decode_detections,
     draw_gaussian,

@@ -19,8 +19,7 @@ from typing import Any
 
 import torch
 
-from ops.models import TrafficQuantizerNet
-from ops.models.traffic_net import count_parameters, estimate_gflops
+from ops.detection.model import TrafficQuantizerNet, count_parameters, estimate_gflops
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """TensorRT engines: everything around the builder with real files; the build itself where TensorRT runs.
 
-The ONNX models are the tiny hand-written detectors of ``tests.ops.test_export`` (a few Conv
+The ONNX models are the tiny hand-written detectors of ``tests.ops.deploy.test_export`` (a few Conv
 nodes honouring the contract), so these tests depend on neither torch export nor a trained
 model. The ONNX contract itself is tested there, with its reader; here only what concerns
 engines. Tests that need TensorRT and a CUDA GPU are skipped elsewhere with the reason shown.
@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ops.errors import EngineError, ExportError
-from ops.export import OnnxMetadata, read_onnx_contract, sha256_file
-from ops.runtime import OUTPUT_NAMES
-from ops.tensorrt import (
+from ops.deploy.export import OnnxMetadata, read_onnx_contract, sha256_file
+from ops.deploy.runtime import OUTPUT_NAMES
+from ops.deploy.tensorrt import (
     SIDECAR_SCHEMA_VERSION,
     CalibrationFeed,
     EngineBuildResult,
@@ -35,7 +34,8 @@ from ops.tensorrt import (
     tensorrt_unavailable_reason,
     write_calibration_cache,
 )
-from tests.ops.test_export import TINY_CHW, TINY_METADATA, TINY_SIZE, write_tiny_onnx
+from ops.errors import EngineError, ExportError
+from tests.ops.deploy.test_export import TINY_CHW, TINY_METADATA, TINY_SIZE, write_tiny_onnx
 
 UNAVAILABLE = tensorrt_unavailable_reason()
 needs_tensorrt = pytest.mark.skipif(

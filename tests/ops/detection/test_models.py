@@ -10,8 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from ops.errors import ConfigError
-from ops.models import (
+from ops.detection.model import (
     ModelConfigError,
     TrafficNetConfig,
     TrafficQuantizerNet,
@@ -19,6 +18,7 @@ from ops.models import (
     estimate_gflops,
     scale_channels,
 )
+from ops.errors import ConfigError
 
 # Submodule whose output is each row of the design table (DESIGN.md, seed 000). The stem
 # conv row is the stem's ReLU output (the backbone keeps torchvision's conv1/bn1/relu).
@@ -255,7 +255,7 @@ def test_channels_last_matches_contiguous() -> None:
 
 
 def test_default_config_is_the_seed_model() -> None:
-    from ops.models import TrafficQuantizerNet as Imported
+    from ops.detection.model import TrafficQuantizerNet as Imported
 
     model = Imported()
     assert model.config == TrafficNetConfig(

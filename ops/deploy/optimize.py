@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 
 from ops.config import ModelConfig, QuantizeConfig
-from ops.data.coco import CocoSplit
-from ops.data.detection import InputNormalizer, load_input_batches
+from ops.deploy.export import read_onnx_contract
+from ops.deploy.runtime import INPUT_NAME, ort_session_options
+from ops.detection.coco import CocoSplit
+from ops.detection.data import InputNormalizer, load_input_batches
 from ops.errors import ExportError
-from ops.export import read_onnx_contract
 from ops.io import atomic_path
-from ops.runtime import INPUT_NAME, ort_session_options
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ops.benchmark import BackendRow, format_table, measure_interleaved, plot_benchmark
+from ops.deploy.benchmark import BackendRow, format_table, measure_interleaved, plot_benchmark
 from ops.gates import all_passed, cosine_gate, map_drop_gate, skipped_gate
 
 

@@ -14,7 +14,7 @@ Why the pieces exist:
   complete ``metadata_props`` (key for key, the same JSON-encoded values), so a consumer can
   refuse an incompatible or swapped engine with a message instead of a crash, and can pre-
   and post-process without the ONNX file at hand. Keeping the metadata in the ONNX form means
-  one parser (:meth:`ops.export.OnnxMetadata.from_props`, and ``parse_onnx_metadata`` in C++)
+  one parser (:meth:`ops.deploy.export.OnnxMetadata.from_props`, and ``parse_onnx_metadata`` in C++)
   reads it for both model formats, and a field added to the metadata reaches engines as well.
 - INT8 comes in two flavours. A QDQ ONNX model (explicit quantisation, TensorRT's
   recommended path) carries its scales in its QuantizeLinear/DequantizeLinear nodes and
@@ -23,7 +23,7 @@ Why the pieces exist:
   still supported in 10.x) or a calibration cache written for that same ONNX file.
 - Input checks (calibration batches, inference batches, sidecar fields, version/GPU
   compatibility) are plain functions, so they are tested without TensorRT. The ONNX file
-  itself is checked by :func:`ops.export.read_onnx_contract`, the one reader of the
+  itself is checked by :func:`ops.deploy.export.read_onnx_contract`, the one reader of the
   contract, before anything here needs TensorRT.
 
 The builder targets TensorRT 10's Python API. TensorRT 11 removed the weakly typed
@@ -48,10 +48,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ops.deploy.export import OnnxContract, OnnxMetadata, is_positive_int, read_onnx_contract
+from ops.deploy.runtime import INPUT_NAME, OUTPUT_NAMES
 from ops.errors import EngineError, ExportError
-from ops.export import OnnxContract, OnnxMetadata, is_positive_int, read_onnx_contract
 from ops.io import atomic_path, write_json
-from ops.runtime import INPUT_NAME, OUTPUT_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -882,7 +882,7 @@ def _attach_timing_cache(config: Any, path: Path) -> None:
 
 
 class TensorRTPredictor:
-    """Runs a built engine behind the :class:`ops.runtime.Predictor` interface.
+    """Runs a built engine behind the :class:`ops.deploy.runtime.Predictor` interface.
 
     Construction refuses anything that would fail later or silently: a missing engine or
     sidecar, an engine file that is not the one the sidecar describes (truncated or

@@ -1,7 +1,7 @@
 """Short traffic clips from the procedural scene renderer: one fixed scene, vehicles driving.
 
 The detector's demo and the C++ program need a real video to run on, and none can be
-downloaded. A clip here is one scene of :mod:`ops.data.traffic_scenes` (camera, road,
+downloaded. A clip here is one scene of :mod:`ops.detection.scenes` (camera, road,
 markings, trees, lighting) rendered once, with vehicles that drive along the main road's
 lanes at a constant speed per lane, so consecutive frames differ only by smooth motion:
 
@@ -17,7 +17,7 @@ Everything depends only on the arguments (the seed above all): the same call wri
 same frames. The file is written beside its destination and renamed into place when
 complete, so an interrupted run never leaves a truncated clip under the final name.
 
-    python -m ops.data.traffic_video artifacts/traffic/video/traffic.mp4 --seed 7
+    python -m ops.detection.video artifacts/traffic/video/traffic.mp4 --seed 7
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 
-from ops.data.traffic_scenes import (
+from ops.detection.scenes import (
     _SHAPE_BUILDERS,
     BUS,
     CAR,

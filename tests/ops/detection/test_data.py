@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from ops.config import TrafficGeneratorConfig
-from ops.data import traffic_scenes
-from ops.data.coco import load_coco_split, read_image_rgb, write_dataset_report
-from ops.data.traffic_scenes import (
+from ops.detection import scenes as traffic_scenes
+from ops.detection.coco import load_coco_split, read_image_rgb, write_dataset_report
+from ops.detection.scenes import (
     TRAFFIC_CLASSES,
     generate_traffic_dataset,
     render_traffic_scene,

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ops.centernet import encode_targets
 from ops.config import AugmentConfig
-from ops.data.coco import CocoImage, CocoSplit, read_image_rgb
+from ops.detection.centernet import encode_targets
+from ops.detection.coco import CocoImage, CocoSplit, read_image_rgb
 
 # Boxes left thinner than this (input pixels) after augmentation carry no learnable centre.
 MIN_BOX_SIDE = 2.0
