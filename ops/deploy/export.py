@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -20,15 +21,13 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from ops.deploy.runtime import INPUT_NAME, OUTPUT_NAMES, Predictor
-from ops.detection.data import PAD_VALUE
-from ops.detection.model import TrafficQuantizerNet
+from ops.deploy.runtime import DETECTOR, INPUT_NAME, RESTORER, IOContract, Predictor
 from ops.errors import ExportError
 from ops.io import atomic_path, is_int
 
@@ -96,7 +95,9 @@ def _metadata_rules(channels: int | None) -> dict[str, tuple[Callable[[Any], boo
 
 @dataclass(frozen=True)
 class OnnxMetadata:
-    """The pre- and post-processing facts stored in an exported model (``metadata_props``)."""
+    """The pre- and post-processing facts stored in an exported detector (``metadata_props``)."""
+
+    contract: ClassVar[IOContract] = DETECTOR
 
     input_size: int
     mean: list[float]
@@ -110,6 +111,30 @@ class OnnxMetadata:
 
     def to_props(self) -> dict[str, str]:
         return {key: json.dumps(value) for key, value in asdict(self).items()}
+
+    def example_input(self) -> torch.Tensor:
+        """What export traces with: batch 2, not 1, so the exporter cannot specialise the batch axis."""
+        generator = torch.Generator().manual_seed(0)
+        return torch.randn(TRACE_BATCH, 3, self.input_size, self.input_size, generator=generator)
+
+    def check_io(
+        self, path: Path, input_dims: list[int | None], output_dims: dict[str, list[int | None]]
+    ) -> None:
+        """The exported graph agrees with these facts: a fixed square input of ``input_size``, and
+        one heatmap channel per class name."""
+        height, width = input_dims[2:]
+        if (height, width) != (self.input_size, self.input_size):
+            raise ExportError(
+                f"{path}: metadata_props input_size is {self.input_size} but input {INPUT_NAME!r} "
+                f"is {height}x{width}"
+            )
+        heatmap_dims = output_dims.get("heatmap", [])
+        num_classes = len(self.class_names)
+        if len(heatmap_dims) == 4 and heatmap_dims[1] not in (None, num_classes):
+            raise ExportError(
+                f"{path}: output 'heatmap' has {heatmap_dims[1]} channels but metadata_props "
+                f"class_names lists {num_classes} classes"
+            )
 
     @classmethod
     def from_props(cls, path: Path, props: Mapping[str, str], *, channels: int | None = None) -> OnnxMetadata:
@@ -154,6 +179,81 @@ class OnnxMetadata:
         return cls(**values)
 
 
+@dataclass(frozen=True)
+class RestorerMetadata:
+    """The facts stored in an exported restorer (``metadata_props``): input and output are RGB in
+    ``value_range`` (0..1), any height and width (the network pads to ``pad_multiple`` itself)."""
+
+    contract: ClassVar[IOContract] = RESTORER
+    # Trace at a size that is not a multiple of the padding, so the exporter keeps the padding
+    # arithmetic symbolic instead of folding it to zero.
+    TRACE_SIZE: ClassVar[tuple[int, int]] = (61, 83)
+
+    task: str
+    pad_multiple: int
+    value_range: list[float] = dataclasses.field(default_factory=lambda: [0.0, 1.0])
+    color_order: str = "RGB"
+
+    def to_props(self) -> dict[str, str]:
+        return {key: json.dumps(value) for key, value in asdict(self).items()}
+
+    def example_input(self) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(0)
+        return torch.rand(TRACE_BATCH, 3, *self.TRACE_SIZE, generator=generator)
+
+    def check_io(
+        self, path: Path, input_dims: list[int | None], output_dims: dict[str, list[int | None]]
+    ) -> None:
+        """Output ``restored`` has the input's rank and channels (its size follows the input's)."""
+        restored = output_dims.get("restored", [])
+        if len(restored) != 4 or restored[1] not in (None, input_dims[1]):
+            raise ExportError(
+                f"{path}: output 'restored' must be NCHW with the input's {input_dims[1]} channels, "
+                f"found shape {tuple('?' if d is None else d for d in restored)}"
+            )
+
+    @classmethod
+    def from_props(
+        cls, path: Path, props: Mapping[str, str], *, channels: int | None = None
+    ) -> RestorerMetadata:
+        """Parse and check ``metadata_props``, naming the model file and the key."""
+        values: dict[str, Any] = {}
+        for key in ("task", "pad_multiple", "value_range", "color_order"):
+            if key not in props:
+                raise ExportError(
+                    f"{path}: metadata_props lacks {key!r}; export the model with `visionforge export`"
+                )
+            try:
+                values[key] = json.loads(props[key])
+            except json.JSONDecodeError as exc:
+                raise ExportError(
+                    f"{path}: metadata_props[{key!r}] is not JSON ({exc}): {props[key]!r}"
+                ) from None
+        rules = {
+            "task": (lambda v: isinstance(v, str) and bool(v), "a task name"),
+            "pad_multiple": (is_positive_int, "a positive integer"),
+            "value_range": (
+                lambda v: isinstance(v, list) and len(v) == 2 and all(map(is_number, v)) and v[0] < v[1],
+                "[low, high] with low < high",
+            ),
+            "color_order": (lambda v: v in ("RGB", "BGR"), '"RGB" or "BGR"'),
+        }
+        problems = [
+            f"metadata_props[{key!r}] must be {rule}, got {props[key]!r}"
+            for key, (check, rule) in rules.items()
+            if not check(values[key])
+        ]
+        if channels not in (None, 3):
+            problems.append(f"input {INPUT_NAME!r} has {channels} channels, the restorer takes 3 (RGB)")
+        if problems:
+            raise ExportError(f"{path}: " + "; ".join(problems))
+        values["value_range"] = [float(v) for v in values["value_range"]]
+        return cls(**values)
+
+
+ModelMetadata = OnnxMetadata | RestorerMetadata
+
+
 def sha256_file(path: Path | str) -> str:
     """Hex digest of a file's bytes: binds sidecars, caches and reports to one exact artefact."""
     with Path(path).open("rb") as handle:
@@ -187,42 +287,52 @@ def fold_batchnorm(transposed: nn.ConvTranspose2d, norm: nn.BatchNorm2d) -> nn.C
     return folded
 
 
-def deployable_detector(model: TrafficQuantizerNet) -> TrafficQuantizerNet:
-    """A copy of ``model`` in eval mode with the decoder's BatchNorms folded into its
-    transposed convolutions; the trained model itself is never modified."""
-    deployable = copy.deepcopy(model).eval()
-    layers = deployable.decoder.layers
-    for index, layer in enumerate(layers):
-        conv, norm, activation = layer
-        if isinstance(conv, nn.ConvTranspose2d):
-            layers[index] = nn.Sequential(fold_batchnorm(conv, norm), activation)
+def deployable_module(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode with every ``ConvTranspose2d -> BatchNorm2d`` pair of a
+    ``Sequential`` (the detector's decoder layers) folded into one transposed convolution; the
+    trained model itself is never modified. A model without such pairs is copied as it is."""
+    deployable = copy.deepcopy(model).cpu().eval()
+    for module in list(deployable.modules()):
+        if not isinstance(module, nn.Sequential):
+            continue
+        children = list(module)
+        if (
+            len(children) >= 2
+            and isinstance(children[0], nn.ConvTranspose2d)
+            and isinstance(children[1], nn.BatchNorm2d)
+        ):
+            folded = [fold_batchnorm(children[0], children[1]), *children[2:]]
+            for name in list(module._modules):
+                del module._modules[name]
+            for index, child in enumerate(folded):
+                module.add_module(str(index), child)
     return deployable
 
 
-def _example_input(input_size: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(0)
-    return torch.randn(TRACE_BATCH, 3, input_size, input_size, generator=generator)
+def _dynamic_shapes(contract: IOContract) -> dict[str, dict[int, Any]]:
+    axes: dict[int, Any] = {0: torch.export.Dim("batch", min=1)}
+    if contract.dynamic_spatial:
+        axes[2] = torch.export.Dim("height", min=2)
+        axes[3] = torch.export.Dim("width", min=2)
+    return {INPUT_NAME: axes}
 
 
-def export_onnx(
-    model: TrafficQuantizerNet,
-    metadata: OnnxMetadata,
-    path: Path,
-    opset: int = OPSET,
-) -> Path:
-    """Export through torch's dynamo exporter, stamp the metadata, check, write atomically."""
+def export_onnx(model: nn.Module, metadata: ModelMetadata, path: Path, opset: int = OPSET) -> Path:
+    """Export through torch's dynamo exporter, stamp the metadata, check, write atomically.
+
+    The metadata's contract says what varies: the batch axis always, height and width for a
+    restorer."""
     import onnx
 
-    deployable = deployable_detector(model.cpu())
-    batch = torch.export.Dim("batch", min=1)
+    deployable = deployable_module(model)
     try:
         program = torch.onnx.export(
             deployable,
-            (_example_input(metadata.input_size),),
+            (metadata.example_input(),),
             dynamo=True,
             input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_shapes={"images": {0: batch}},
+            output_names=list(metadata.contract.output_names),
+            dynamic_shapes=_dynamic_shapes(metadata.contract),
             opset_version=opset,
             verbose=False,
         )
@@ -252,20 +362,22 @@ class OnnxContract:
     path: Path
     sha256: str  # of the .onnx file itself; weights stored as external data are not part of it
     input_batch: int | None  # None: dynamic batch axis (the contract); an int: fixed at export
-    input_chw: tuple[int, int, int]
+    # (C, H, W); H and W are None where the contract lets them vary (the restorer)
+    input_chw: tuple[int, int | None, int | None]
     has_qdq: bool  # QuantizeLinear/DequantizeLinear nodes: explicitly quantised (INT8)
-    metadata: OnnxMetadata
+    metadata: Any  # OnnxMetadata for a detector, RestorerMetadata for a restorer
 
 
-def read_onnx_contract(path: Path | str) -> OnnxContract:
-    """Check that ``path`` is a valid ONNX model honouring the detector contract and describe it.
+def read_onnx_contract(path: Path | str, metadata_type: type = OnnxMetadata) -> OnnxContract:
+    """Check that ``path`` is a valid ONNX model honouring its family's contract and describe it.
 
-    Only the graph is loaded (not external weights). Checked here rather than left to ONNX
-    Runtime or TensorRT's parser so that a wrong file fails with the same clear message on
-    every machine, GPU or not: input ``images`` NCHW with fixed C, H, W (only the batch axis
-    may be dynamic), outputs ``heatmap``/``wh``/``offset``, valid preprocessing metadata whose
-    input size and mean/std length agree with the input, and as many heatmap channels as
-    class names.
+    ``metadata_type`` (:class:`OnnxMetadata` for the detector, :class:`RestorerMetadata` for a
+    restorer) names the contract. Only the graph is loaded (not external weights). Checked here
+    rather than left to ONNX Runtime or TensorRT's parser so that a wrong file fails with the
+    same clear message on every machine, GPU or not: input ``images`` NCHW with a fixed C (and
+    fixed H, W unless the contract lets them vary), the contract's outputs, and valid metadata
+    that agrees with the graph (the detector: input size, mean/std length, one heatmap channel
+    per class name).
     """
     import onnx
 
@@ -284,34 +396,27 @@ def read_onnx_contract(path: Path | str) -> OnnxContract:
     inputs = [value for value in graph.input if value.name not in initializers]
     input_names = [value.name for value in inputs]
     output_names = [value.name for value in graph.output]
-    if input_names != [INPUT_NAME] or sorted(output_names) != sorted(OUTPUT_NAMES):
+    contract: IOContract = metadata_type.contract
+    if input_names != [INPUT_NAME] or sorted(output_names) != sorted(contract.output_names):
         raise ExportError(
-            f"{path}: inputs {input_names} / outputs {output_names} do not match the detector contract "
-            f"(input {INPUT_NAME!r}; outputs {list(OUTPUT_NAMES)})"
+            f"{path}: inputs {input_names} / outputs {output_names} do not match the {contract.family} "
+            f"contract ({contract.describe()})"
         )
     dims = _static_dims(inputs[0])
-    if len(dims) != 4 or any(d is None for d in dims[1:]):
+    fixed = dims[1:2] if contract.dynamic_spatial else dims[1:]
+    if len(dims) != 4 or any(d is None for d in fixed):
         shown = tuple("?" if d is None else d for d in dims)
-        raise ExportError(
-            f"{path}: input {INPUT_NAME!r} must be NCHW with fixed C, H, W (only the batch axis "
-            f"may be dynamic), found shape {shown}"
+        rule = (
+            "fixed C (the batch, height and width axes may be dynamic)"
+            if contract.dynamic_spatial
+            else "fixed C, H, W (only the batch axis may be dynamic)"
         )
-    channels, height, width = (int(d) for d in dims[1:])  # type: ignore[arg-type]
-    metadata = OnnxMetadata.from_props(
+        raise ExportError(f"{path}: input {INPUT_NAME!r} must be NCHW with {rule}, found shape {shown}")
+    channels = int(dims[1])  # type: ignore[arg-type]
+    metadata = metadata_type.from_props(
         path, {prop.key: prop.value for prop in proto.metadata_props}, channels=channels
     )
-    if (height, width) != (metadata.input_size, metadata.input_size):
-        raise ExportError(
-            f"{path}: metadata_props input_size is {metadata.input_size} but input {INPUT_NAME!r} "
-            f"is {height}x{width}"
-        )
-    heatmap_dims = _static_dims(next(value for value in graph.output if value.name == "heatmap"))
-    num_classes = len(metadata.class_names)
-    if len(heatmap_dims) == 4 and heatmap_dims[1] not in (None, num_classes):
-        raise ExportError(
-            f"{path}: output 'heatmap' has {heatmap_dims[1]} channels but metadata_props "
-            f"class_names lists {num_classes} classes"
-        )
+    metadata.check_io(path, dims, {value.name: _static_dims(value) for value in graph.output})
     op_types = {node.op_type for node in graph.node}
     for function in proto.functions:
         op_types.update(node.op_type for node in function.node)
@@ -319,7 +424,7 @@ def read_onnx_contract(path: Path | str) -> OnnxContract:
         path=path,
         sha256=sha256_file(path),
         input_batch=dims[0],
-        input_chw=(channels, height, width),
+        input_chw=(channels, dims[2], dims[3]),
         has_qdq=bool(op_types & QDQ_OPS),
         metadata=metadata,
     )
@@ -333,12 +438,12 @@ def _static_dims(value: Any) -> list[int | None]:
     ]
 
 
-def export_program(model: TrafficQuantizerNet, input_size: int, path: Path) -> Path:
-    """``torch.export`` the detector (dynamic batch) and save the ``.pt2`` program atomically."""
+def export_program(model: nn.Module, metadata: ModelMetadata, path: Path) -> Path:
+    """``torch.export`` the model (the axes its contract lets vary dynamic) and save the ``.pt2``
+    program atomically."""
     deployable = copy.deepcopy(model).cpu().eval()
-    batch = torch.export.Dim("batch", min=1)
     program = torch.export.export(
-        deployable, (_example_input(input_size),), dynamic_shapes={"images": {0: batch}}
+        deployable, (metadata.example_input(),), dynamic_shapes=_dynamic_shapes(metadata.contract)
     )
     with atomic_path(path) as tmp:
         with tmp.open("wb") as handle:  # a file object: torch.export wants .pt2 names, tmp has none
@@ -349,7 +454,7 @@ def export_program(model: TrafficQuantizerNet, input_size: int, path: Path) -> P
 class ProgramPredictor:
     """A saved ``torch.export`` program as a :class:`~ops.deploy.runtime.Predictor`."""
 
-    def __init__(self, path: Path, backend: str = "pytorch-export") -> None:
+    def __init__(self, path: Path, backend: str = "pytorch-export", contract: IOContract = DETECTOR) -> None:
         path = Path(path)
         if not path.is_file():
             raise ExportError(f"{path}: torch.export program not found")
@@ -358,28 +463,35 @@ class ProgramPredictor:
         except Exception as exc:  # zip / pickle / schema errors of a damaged file
             raise ExportError(f"{path}: cannot load the torch.export program ({exc})") from None
         self.backend = backend
+        self.output_names = contract.output_names
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         with torch.inference_mode():
             outputs = self.module(torch.from_numpy(batch))
-        return {name: outputs[name].float().numpy() for name in OUTPUT_NAMES}
+        if isinstance(outputs, torch.Tensor):
+            outputs = {self.output_names[0]: outputs}
+        return {name: outputs[name].float().numpy() for name in self.output_names}
 
 
 def parity(reference: Predictor, candidate: Predictor, batches: Iterable[np.ndarray]) -> dict[str, Any]:
-    """Max absolute difference and cosine similarity of each output, over all ``batches``.
+    """Max absolute difference, mean squared difference and cosine similarity of each output,
+    over all ``batches``.
 
     Cosine is taken over the whole flattened output (all images), so it measures agreement
     of the tensors as a whole rather than being dominated by any single near-zero value.
     """
-    dot = {name: 0.0 for name in OUTPUT_NAMES}
+    names = reference.output_names
+    dot = {name: 0.0 for name in names}
     norm_ref = dict(dot)
     norm_cand = dict(dot)
     max_diff = dict(dot)
+    squared = dict(dot)
+    values = dict.fromkeys(names, 0)
     num_images = 0
     for batch in batches:
         expected, actual = reference(batch), candidate(batch)
         num_images += len(batch)
-        for name in OUTPUT_NAMES:
+        for name in names:
             a = expected[name].astype(np.float64).ravel()
             b = actual[name].astype(np.float64).ravel()
             if a.shape != b.shape:
@@ -391,11 +503,17 @@ def parity(reference: Predictor, candidate: Predictor, batches: Iterable[np.ndar
             norm_ref[name] += float(a @ a)
             norm_cand[name] += float(b @ b)
             max_diff[name] = max(max_diff[name], float(np.abs(a - b).max()))
+            squared[name] += float(np.square(a - b).sum())
+            values[name] += a.size
     outputs = {}
-    for name in OUTPUT_NAMES:
+    for name in names:
         denominator = np.sqrt(norm_ref[name] * norm_cand[name])
         cosine = dot[name] / denominator if denominator > 0 else float(norm_ref[name] == norm_cand[name])
-        outputs[name] = {"max_abs_diff": max_diff[name], "cosine": cosine}
+        outputs[name] = {
+            "max_abs_diff": max_diff[name],
+            "cosine": cosine,
+            "mse": squared[name] / max(1, values[name]),
+        }
     return {
         "reference": reference.backend,
         "candidate": candidate.backend,
@@ -403,18 +521,8 @@ def parity(reference: Predictor, candidate: Predictor, batches: Iterable[np.ndar
         "outputs": outputs,
         "min_cosine": min(o["cosine"] for o in outputs.values()),
         "max_abs_diff": max(o["max_abs_diff"] for o in outputs.values()),
+        "max_mse": max(o["mse"] for o in outputs.values()),
     }
-
-
-def detector_metadata(model: TrafficQuantizerNet, mean, std, input_size: int, class_names) -> OnnxMetadata:
-    return OnnxMetadata(
-        input_size=int(input_size),
-        mean=[float(v) for v in mean],
-        std=[float(v) for v in std],
-        class_names=list(class_names),
-        output_stride=int(model.output_stride),
-        pad_value=list(PAD_VALUE),
-    )
 
 
 def float16_onnx(path: Path, out_path: Path) -> Path:

@@ -21,11 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ops.config import ModelConfig, QuantizeConfig
-from ops.deploy.export import read_onnx_contract
+from ops.deploy.export import OnnxMetadata, read_onnx_contract
 from ops.deploy.runtime import INPUT_NAME, ort_session_options
-from ops.detection.coco import CocoSplit
-from ops.detection.data import InputNormalizer, load_input_batches
 from ops.errors import ExportError
 from ops.io import atomic_path
 
@@ -37,31 +34,23 @@ CALIBRATION_BATCH_SIZE = 8
 COMPUTE_OPS = {"Conv", "ConvTranspose", "FusedConv", "Add", "Sigmoid", "MatMul", "Gemm", "NchwcConv"}
 
 
-def calibration_batches(
-    split: CocoSplit,
-    model_cfg: ModelConfig,
-    num_images: int,
-    seed: int = 0,
-    batch_size: int = CALIBRATION_BATCH_SIZE,
-) -> list[np.ndarray]:
-    """A fixed, seeded sample of ``split``'s images, pre-processed exactly as at inference."""
-    count = min(num_images, len(split.images))
-    picked = np.random.default_rng(seed).choice(len(split.images), size=count, replace=False)
-    records = [split.images[i] for i in sorted(picked)]
-    normalizer = InputNormalizer(model_cfg.mean, model_cfg.std)
-    return load_input_batches(records, model_cfg.input_size, normalizer, batch_size)
-
-
-def check_calibration_batches(batches: Sequence[np.ndarray], input_size: int) -> None:
-    """Refuse calibration data that does not match the network input, naming the batch."""
+def check_calibration_batches(
+    batches: Sequence[np.ndarray], input_chw: tuple[int, int | None, int | None]
+) -> None:
+    """Refuse calibration data that does not match the network input, naming the batch.
+    ``input_chw`` holds None for the axes the model lets vary."""
     if not batches:
         raise ExportError("no calibration batches: the calibration split is empty")
-    expected = (3, input_size, input_size)
     for index, batch in enumerate(batches):
-        if batch.dtype != np.float32 or batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
+        if (
+            batch.dtype != np.float32
+            or batch.ndim != 4
+            or any(e is not None and e != d for e, d in zip(input_chw, batch.shape[1:], strict=True))
+        ):
+            shown = ", ".join("any" if d is None else str(d) for d in input_chw)
             raise ExportError(
                 f"calibration batch {index} is {batch.dtype} {tuple(batch.shape)}, but the network "
-                f"input {INPUT_NAME!r} takes float32 (N, {', '.join(map(str, expected))})"
+                f"input {INPUT_NAME!r} takes float32 (N, {shown})"
             )
 
 
@@ -77,20 +66,57 @@ class _BatchReader:
 
 
 def output_layer_nodes(model_path: Path) -> list[str]:
-    """Names of the nodes that produce the graph outputs, back to and including each head's
-    last convolution (e.g. ``Conv -> Sigmoid`` for the heatmap, ``Conv`` for wh/offset)."""
+    """Names of the nodes that produce the graph outputs, back to and including each output's
+    last convolution (e.g. ``Conv -> Sigmoid`` for the heatmap, ``Conv`` for wh/offset, and
+    ``Conv -> Add -> Slice`` for a restorer's residual output and its crop).
+
+    Only float tensors are followed: the integer shape arithmetic of a dynamic crop is not
+    a layer."""
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
     producer = {out: node for node in graph.node for out in node.output}
+    float_type = onnx.TensorProto.FLOAT
+    types = {
+        value.name: value.type.tensor_type.elem_type
+        for value in (*graph.value_info, *graph.input, *graph.output)
+    }
     names: list[str] = []
-    for output in graph.output:
-        node = producer.get(output.name)
-        while node is not None:
+    frontier = [output.name for output in graph.output]
+    while frontier:
+        node = producer.get(frontier.pop(0))
+        if node is None or node.name in names:
+            continue
+        names.append(node.name)
+        if node.op_type in ("Conv", "ConvTranspose"):
+            continue
+        frontier.extend(name for name in node.input if types.get(name, float_type) == float_type)
+    return names
+
+
+def input_layer_nodes(model_path: Path) -> list[str]:
+    """Names of the nodes from the graph input forward to and including the first convolution
+    (e.g. ``Pad -> Conv`` in a restorer that pads its input)."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    consumers: dict[str, list[Any]] = collections.defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    names: list[str] = []
+    frontier = [value.name for value in graph.input]
+    seen: set[str] = set()
+    while frontier:
+        for node in consumers.get(frontier.pop(), []):
+            if node.name in seen:
+                continue
+            seen.add(node.name)
+            if node.op_type in ("Shape", "Size"):  # reads only the input's shape
+                continue
             names.append(node.name)
-            if node.op_type in ("Conv", "ConvTranspose"):
-                break
-            node = producer.get(node.input[0])
+            if node.op_type not in ("Conv", "ConvTranspose"):
+                frontier.extend(node.output)
     return names
 
 
@@ -234,19 +260,39 @@ class QuantizationReport:
         }
 
 
+@dataclass(frozen=True)
+class QuantizeSettings:
+    """How a model is quantised; each task builds these from its own ``quantize`` config."""
+
+    calibration_method: str  # minmax | entropy | percentile
+    per_channel: bool
+    exclude_nodes: tuple[str, ...] = ()
+    # Keep float the layers that produce the graph's outputs, back to each one's last convolution.
+    keep_output_layers: bool = False
+    # Keep float the first convolution that reads the graph's input (and what leads to it).
+    keep_input_layers: bool = False
+    # ONNX operator types to quantise; None: every type ONNX Runtime's quantiser supports.
+    op_types: tuple[str, ...] | None = None
+
+
 def quantize_int8(
     onnx_path: Path,
     out_path: Path,
     batches: Sequence[np.ndarray],
-    cfg: QuantizeConfig,
+    cfg: QuantizeSettings,
+    metadata_type: type = OnnxMetadata,
 ) -> QuantizationReport:
-    """Statically quantise ``onnx_path`` to QDQ INT8 at ``out_path`` (written atomically)."""
+    """Statically quantise ``onnx_path`` to QDQ INT8 at ``out_path`` (written atomically).
+
+    ``metadata_type`` names the model's contract (:func:`~ops.deploy.export.read_onnx_contract`)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    metadata = read_onnx_contract(onnx_path).metadata  # also refuses a corrupt or foreign model
-    check_calibration_batches(batches, metadata.input_size)
+    # also refuses a corrupt or foreign model
+    contract = read_onnx_contract(onnx_path, metadata_type)
+    metadata = contract.metadata
+    check_calibration_batches(batches, contract.input_chw)
     method = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,
@@ -260,8 +306,10 @@ def quantize_int8(
         subpixel = rewrite_transposed_convolutions(graph)
         onnx.save_model(graph, str(prepared))
         excluded = list(cfg.exclude_nodes)
-        if cfg.keep_outputs_float:
+        if cfg.keep_output_layers:
             excluded += [name for name in output_layer_nodes(prepared) if name not in excluded]
+        if cfg.keep_input_layers:
+            excluded += [name for name in input_layer_nodes(prepared) if name not in excluded]
         quantized = Path(tmp) / "quantized.onnx"
         log.info(
             "quantising %s: %s calibration on %d images, %d nodes kept float",
@@ -279,6 +327,7 @@ def quantize_int8(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=excluded,
+            op_types_to_quantize=list(cfg.op_types) if cfg.op_types else None,
             calibrate_method=method,
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )

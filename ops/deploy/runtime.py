@@ -1,14 +1,17 @@
-"""One inference interface for every backend: a batch of normalised images in, raw outputs out.
+"""One inference interface for every backend: a batch of images in, raw outputs out.
 
-A :class:`Predictor` takes the ONNX contract's input (``images``: float32 NCHW, RGB, scaled
-to 0..1 then mean/std normalised) and returns the contract's outputs as numpy arrays
-(``heatmap`` after the sigmoid, ``wh``, ``offset``). Evaluation, validation and the
-benchmark only ever see this interface, so no code special-cases a backend.
+A :class:`Predictor` takes the ONNX contract's input (``images``: float32 NCHW, RGB) and
+returns the contract's outputs as numpy arrays. Each task family has one contract
+(:class:`IOContract`): the detector's outputs are ``heatmap`` (after the sigmoid), ``wh`` and
+``offset`` for a fixed, normalised square input; the restorer's is ``restored``, the same
+shape as its 0..1 input, any height and width. Evaluation, validation and the benchmark only
+ever see this interface, so no code special-cases a backend.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -20,13 +23,31 @@ from ops.errors import ExportError
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "images"
-OUTPUT_NAMES = ("heatmap", "wh", "offset")
+
+
+@dataclass(frozen=True)
+class IOContract:
+    """What one family's exported models take and give: output names, and whether the input's
+    height and width may vary (the batch axis always may)."""
+
+    family: str
+    output_names: tuple[str, ...]
+    dynamic_spatial: bool
+
+    def describe(self) -> str:
+        return f"input {INPUT_NAME!r}; outputs {list(self.output_names)}"
+
+
+DETECTOR = IOContract("detector", ("heatmap", "wh", "offset"), dynamic_spatial=False)
+RESTORER = IOContract("restorer", ("restored",), dynamic_spatial=True)
+OUTPUT_NAMES = DETECTOR.output_names  # the detector's, which TensorRT engines and the C++ program serve
 
 
 class Predictor(Protocol):
-    """A detector backend; ``backend`` names it in metrics files and tables."""
+    """A model backend; ``backend`` names it in metrics files and tables."""
 
     backend: str
+    output_names: tuple[str, ...]
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...
 
@@ -42,8 +63,10 @@ class TorchPredictor:
         compile: bool = False,
         device: str | None = None,
         half: bool = False,
+        contract: IOContract = DETECTOR,
     ) -> None:
         self.backend = backend
+        self.output_names = contract.output_names
         if device is not None:
             model = model.to(device)
         if half:
@@ -62,7 +85,9 @@ class TorchPredictor:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             outputs = self.model(inputs)
-        return {name: outputs[name].float().cpu().numpy() for name in OUTPUT_NAMES}
+        if isinstance(outputs, torch.Tensor):  # a single-output model returns its tensor
+            outputs = {self.output_names[0]: outputs}
+        return {name: outputs[name].float().cpu().numpy() for name in self.output_names}
 
 
 def ort_session_options(threads: int | None):
@@ -91,6 +116,7 @@ class OnnxRuntimePredictor:
         backend: str = "onnx",
         threads: int | None = None,
         providers: tuple[str, ...] = ("CPUExecutionProvider",),
+        contract: IOContract = DETECTOR,
     ) -> None:
         import onnxruntime as ort
 
@@ -105,15 +131,18 @@ class OnnxRuntimePredictor:
             raise ExportError(f"{path}: ONNX Runtime cannot load this model ({exc})") from None
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
-        if inputs != [INPUT_NAME] or sorted(outputs) != sorted(OUTPUT_NAMES):
+        if inputs != [INPUT_NAME] or sorted(outputs) != sorted(contract.output_names):
             raise ExportError(
-                f"{path}: inputs {inputs} / outputs {outputs} do not match the detector contract "
-                f"(input {INPUT_NAME!r}; outputs {list(OUTPUT_NAMES)})"
+                f"{path}: inputs {inputs} / outputs {outputs} do not match the {contract.family} "
+                f"contract ({contract.describe()})"
             )
+        self.output_names = contract.output_names
         self.path = path
         self.backend = backend
         self.providers = self.session.get_providers()
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        values = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(batch, np.float32)})
-        return dict(zip(OUTPUT_NAMES, values, strict=True))
+        values = self.session.run(
+            list(self.output_names), {INPUT_NAME: np.ascontiguousarray(batch, np.float32)}
+        )
+        return dict(zip(self.output_names, values, strict=True))

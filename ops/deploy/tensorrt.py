@@ -655,6 +655,8 @@ def build_engine(
     opt_batch: int = 1,
     min_batch: int = 1,
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+    metadata_type: type = OnnxMetadata,
+    spatial_profile: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None = None,
 ) -> EngineBuildResult | EngineSkip:
     """Build a TensorRT engine (``"fp16"`` or ``"int8"``) from an ONNX model, or say why not.
 
@@ -669,6 +671,10 @@ def build_engine(
     ``calibration_cache`` written for this same ONNX file. INT8 engines also enable FP16 so
     layers left unquantised do not fall back to FP32. Engine, sidecar, timing cache and
     calibration cache are all written atomically.
+
+    ``metadata_type`` names the model's contract (the detector's by default). A model whose
+    height and width vary (a restorer) needs ``spatial_profile``: the (height, width) it must
+    accept at least, is tuned for, and accepts at most.
     """
     if precision not in PRECISIONS:
         raise EngineError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
@@ -685,7 +691,8 @@ def build_engine(
     # A missing, corrupt or contract-breaking ONNX file raises ExportError, deliberately not
     # wrapped in EngineError: the fault (and the fix, re-exporting) is in the export artefact,
     # not in the engine, and the CLI reports both the same way (VisionForgeError, path named).
-    contract = read_onnx_contract(onnx_path)
+    contract = read_onnx_contract(onnx_path, metadata_type)
+    _check_spatial_profile(contract, spatial_profile)
     if contract.input_batch is not None and not min_batch == max_batch == contract.input_batch:
         raise EngineError(
             f"{contract.path} fixes the batch of input {INPUT_NAME!r} at {contract.input_batch} but the "
@@ -698,6 +705,15 @@ def build_engine(
     if reason is not None:
         log.warning("skipping the %s TensorRT engine %s: %s", precision, engine_path, reason)
         return EngineSkip(reason=reason, precision=precision, engine_path=str(engine_path))
+    if spatial_profile is not None:
+        # The build itself would follow the batch-only path below with H and W in the profile, and
+        # normalisation layers pinned to FP32 in FP16 engines (NAFNet-style nets give NaN otherwise);
+        # but the sidecar (schema 2) and TensorRTPredictor describe one fixed C, H, W. Refuse
+        # plainly rather than write an engine nothing here can check or load.
+        raise EngineError(
+            f"{engine_path}: engines with a dynamic height and width (restorers) are not supported "
+            "yet: the engine sidecar and TensorRTPredictor assume a fixed input size"
+        )
 
     return _build(
         contract,
@@ -710,6 +726,26 @@ def build_engine(
         profile=(min_batch, opt_batch, max_batch),
         workspace_bytes=workspace_bytes,
     )
+
+
+def _check_spatial_profile(
+    contract: OnnxContract, profile: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None
+) -> None:
+    dynamic = None in contract.input_chw
+    if dynamic and profile is None:
+        raise EngineError(
+            f"{contract.path} takes any height and width: the engine needs a spatial profile "
+            "(min, opt and max (height, width))"
+        )
+    if profile is None:
+        return
+    if not dynamic:
+        raise EngineError(f"{contract.path} has a fixed input size: a spatial profile does not apply")
+    (min_h, min_w), (opt_h, opt_w), (max_h, max_w) = profile
+    if not (0 < min_h <= opt_h <= max_h and 0 < min_w <= opt_w <= max_w):
+        raise EngineError(
+            f"spatial profile must satisfy 0 < min <= opt <= max for height and width, got {profile}"
+        )
 
 
 def _quantization_mode(

@@ -15,9 +15,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ops.config import AugmentConfig
+from ops.config import AugmentConfig, ModelConfig
+from ops.deploy.export import OnnxMetadata
+from ops.deploy.optimize import CALIBRATION_BATCH_SIZE
 from ops.detection.centernet import encode_targets
 from ops.detection.coco import CocoImage, CocoSplit, read_image_rgb
+from ops.detection.model import TrafficQuantizerNet
 
 # Boxes left thinner than this (input pixels) after augmentation carry no learnable centre.
 MIN_BOX_SIDE = 2.0
@@ -226,3 +229,30 @@ class DetectionDataset(Dataset):
         )
         tensors = {name: torch.from_numpy(value) for name, value in targets.items()}
         return torch.from_numpy(np.ascontiguousarray(image)), tensors
+
+
+def detector_metadata(model: TrafficQuantizerNet, mean, std, input_size: int, class_names) -> OnnxMetadata:
+    """What an exported detector carries for its consumers: pre-processing and class names."""
+    return OnnxMetadata(
+        input_size=int(input_size),
+        mean=[float(v) for v in mean],
+        std=[float(v) for v in std],
+        class_names=list(class_names),
+        output_stride=int(model.output_stride),
+        pad_value=list(PAD_VALUE),
+    )
+
+
+def calibration_batches(
+    split: CocoSplit,
+    model_cfg: ModelConfig,
+    num_images: int,
+    seed: int = 0,
+    batch_size: int = CALIBRATION_BATCH_SIZE,
+) -> list[np.ndarray]:
+    """A fixed, seeded sample of ``split``'s images, pre-processed exactly as at inference."""
+    count = min(num_images, len(split.images))
+    picked = np.random.default_rng(seed).choice(len(split.images), size=count, replace=False)
+    records = [split.images[i] for i in sorted(picked)]
+    normalizer = InputNormalizer(model_cfg.mean, model_cfg.std)
+    return load_input_batches(records, model_cfg.input_size, normalizer, batch_size)

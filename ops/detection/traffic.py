@@ -18,21 +18,25 @@ from typing import Any
 
 import numpy as np
 
-from ops.config import ModelConfig, Params
+from ops.config import ModelConfig, Params, QuantizeConfig
 from ops.deploy.benchmark import BackendRow, format_table, measure_interleaved, plot_benchmark
 from ops.deploy.export import (
     ProgramPredictor,
-    detector_metadata,
     export_onnx,
     export_program,
     float16_onnx,
     parity,
     sha256_file,
 )
-from ops.deploy.optimize import calibration_batches, quantize_int8
+from ops.deploy.optimize import QuantizeSettings, quantize_int8
 from ops.deploy.runtime import OnnxRuntimePredictor, Predictor, TorchPredictor
 from ops.detection.coco import load_coco_split, write_dataset_report
-from ops.detection.data import InputNormalizer, load_input_batches
+from ops.detection.data import (
+    InputNormalizer,
+    calibration_batches,
+    detector_metadata,
+    load_input_batches,
+)
 from ops.detection.evaluate import evaluate_predictor
 from ops.detection.model import TrafficQuantizerNet, estimate_gflops
 from ops.detection.scenes import generate_traffic_dataset
@@ -184,7 +188,7 @@ def export(params: Params) -> dict[str, Any]:
         bundle.model, model_cfg.mean, model_cfg.std, model_cfg.input_size, bundle.class_names
     )
     export_onnx(bundle.model, metadata, layout.onnx, opset=params.traffic.export.opset)
-    export_program(bundle.model, model_cfg.input_size, layout.program)
+    export_program(bundle.model, metadata, layout.program)
     batches = _validation_batches(params, params.traffic.export.parity_images)
     reference = TorchPredictor(bundle.model)
     report = {
@@ -213,6 +217,16 @@ def parity_gate(params: Params, report: dict[str, Any]) -> Gate:
     return cosine_gate("onnx", min_cosine, params.traffic.validation.min_output_cosine)
 
 
+def quantize_settings(cfg: QuantizeConfig) -> QuantizeSettings:
+    """The detector's quantisation: every supported operator, the heads' last layers optionally float."""
+    return QuantizeSettings(
+        calibration_method=cfg.calibration_method,
+        per_channel=cfg.per_channel,
+        exclude_nodes=tuple(cfg.exclude_nodes),
+        keep_output_layers=cfg.keep_outputs_float,
+    )
+
+
 def quantize(params: Params) -> dict[str, Any]:
     """INT8 QDQ model calibrated on training images; report in ``int8/quantization.json``."""
     layout = TaskLayout.for_task(params, TASK)
@@ -221,7 +235,7 @@ def quantize(params: Params) -> dict[str, Any]:
     batches = calibration_batches(
         train_split, params.traffic.model, cfg.calibration_images, seed=params.traffic.train.seed
     )
-    report = quantize_int8(layout.onnx, layout.onnx_int8, batches, cfg).to_dict()
+    report = quantize_int8(layout.onnx, layout.onnx_int8, batches, quantize_settings(cfg)).to_dict()
     report["onnx_bytes"] = layout.onnx_int8.stat().st_size
     report["onnx_sha256"] = sha256_file(layout.onnx_int8)
     write_json(layout.quantization_report, report)
@@ -443,7 +457,7 @@ def benchmark(params: Params, full_size: bool = False) -> dict[str, Any]:
             batches = calibration_batches(
                 train_split, model_cfg, params.traffic.quantize.calibration_images, params.traffic.train.seed
             )
-            quantize_int8(onnx_path, int8_path, batches, params.traffic.quantize)
+            quantize_int8(onnx_path, int8_path, batches, quantize_settings(params.traffic.quantize))
             engines: list[Path] = []
         else:
             model_cfg = params.traffic.model
@@ -563,7 +577,7 @@ def prune(params: Params) -> dict[str, Any]:
         model, model_cfg.mean, model_cfg.std, model_cfg.input_size, bundle.class_names
     )
     onnx_path = export_onnx(model, metadata, out_dir / "model.onnx", opset=params.traffic.export.opset)
-    program_path = export_program(model, model_cfg.input_size, out_dir / "model.pt2")
+    program_path = export_program(model, metadata, out_dir / "model.pt2")
     map_finetuned = map50(OnnxRuntimePredictor(onnx_path, "onnx-pruned"), "pruned")
 
     threads = params.traffic.benchmark.threads

@@ -39,12 +39,16 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere (CTest does)
     sys.path.insert(0, str(REPO_ROOT))
 
 from ops.config import TrafficGeneratorConfig  # noqa: E402
-from ops.deploy.export import detector_metadata, export_onnx, read_onnx_contract  # noqa: E402
+from ops.deploy.export import export_onnx, read_onnx_contract  # noqa: E402
 from ops.deploy.runtime import OnnxRuntimePredictor  # noqa: E402
 from ops.deploy.tensorrt import SIDECAR_SCHEMA_VERSION, EngineSidecar  # noqa: E402
 from ops.detection.centernet import decode_detections  # noqa: E402
 from ops.detection.coco import read_image_rgb  # noqa: E402
-from ops.detection.data import InputNormalizer, prepare_images  # noqa: E402
+from ops.detection.data import (  # noqa: E402
+    InputNormalizer,
+    detector_metadata,  # noqa: E402
+    prepare_images,
+)
 from ops.detection.evaluate import decode_to_image  # noqa: E402
 from ops.detection.model import TrafficQuantizerNet  # noqa: E402
 from ops.detection.scenes import TRAFFIC_CLASSES, render_traffic_scene  # noqa: E402

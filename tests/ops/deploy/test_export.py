@@ -20,8 +20,7 @@ from torch import nn
 
 from ops.deploy.export import (
     ProgramPredictor,
-    deployable_detector,
-    detector_metadata,
+    deployable_module,
     export_onnx,
     export_program,
     fold_batchnorm,
@@ -31,7 +30,7 @@ from ops.deploy.export import (
 )
 from ops.deploy.runtime import OUTPUT_NAMES, OnnxRuntimePredictor, TorchPredictor
 from ops.detection.coco import load_coco_split
-from ops.detection.data import InputNormalizer, load_input_batches
+from ops.detection.data import InputNormalizer, detector_metadata, load_input_batches
 from ops.detection.model import TrafficQuantizerNet
 from ops.errors import ExportError
 
@@ -90,7 +89,7 @@ def test_batchnorm_folds_exactly_into_the_transposed_convolution():
 def test_deployable_detector_computes_the_same_and_leaves_the_model_alone():
     model = _trained_looking_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    deployable = deployable_detector(model)
+    deployable = deployable_module(model)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in deployable.decoder.modules())
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.decoder.modules())
     x = torch.randn(2, 3, SIZE, SIZE)
@@ -140,7 +139,7 @@ def test_parity_notices_a_different_model(exported, val_batches):
 
 def test_torch_export_program_round_trips(exported, val_batches, tmp_path):
     model, _ = exported
-    path = export_program(model, SIZE, tmp_path / "model.pt2")
+    path = export_program(model, detector_metadata(model, MEAN, STD, SIZE, CLASSES), tmp_path / "model.pt2")
     report = parity(TorchPredictor(model), ProgramPredictor(path), val_batches)
     assert report["max_abs_diff"] < 1e-5
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt2"]  # no temporary left behind

@@ -11,15 +11,17 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from ops.config import ModelConfig, QuantizeConfig
-from ops.deploy.export import detector_metadata, export_onnx, parity, read_onnx_contract
+from ops.deploy.export import export_onnx, parity, read_onnx_contract
 from ops.deploy.optimize import (
-    calibration_batches,
+    QuantizeSettings,
     output_layer_nodes,
     quantize_int8,
     rewrite_transposed_convolutions,
 )
 from ops.deploy.runtime import OnnxRuntimePredictor
 from ops.detection.coco import load_coco_split
+from ops.detection.data import calibration_batches, detector_metadata
+from ops.detection.traffic import quantize_settings
 from ops.errors import ExportError
 from tests.ops.deploy.test_export import CLASSES, MEAN, SIZE, STD, _trained_looking_model
 
@@ -35,7 +37,7 @@ MODEL_CFG = ModelConfig(
 )
 
 
-def _cfg(**overrides) -> QuantizeConfig:
+def _cfg(**overrides) -> QuantizeSettings:
     values = dict(
         calibration_images=8,
         calibration_method="minmax",
@@ -43,7 +45,7 @@ def _cfg(**overrides) -> QuantizeConfig:
         keep_outputs_float=True,
         exclude_nodes=[],
     )
-    return QuantizeConfig(**{**values, **overrides})
+    return quantize_settings(QuantizeConfig(**{**values, **overrides}))
 
 
 @pytest.fixture(scope="module")
