@@ -217,7 +217,7 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
         name="onnx",
         deps=[model],
         kinds={"onnx"},
-        description="The FP32 ONNX model (and torch.export program) with their output parity "
+        description="The FP32 ONNX model (and the detector's torch.export program) with output parity "
         "against PyTorch on validation images.",
         check_specs=[
             AssetCheckSpec(
@@ -241,11 +241,13 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
         metadata: dict[str, Any] = {
             **file_entries("onnx", report["onnx"]),
             "onnx_sha256": MetadataValue.text(report["onnx_sha256"]),
-            **file_entries("program", report["program"]),
             **numeric(parity["onnx"], prefix="onnx_"),
-            **numeric(parity["program"], prefix="program_"),
-            **_record(context, tracker, task, "export"),
+            **numeric({k: v for k, v in report.items() if k != "parity"}),
         }
+        if "program" in report:  # the detector's torch.export program
+            metadata.update(file_entries("program", report["program"]))
+            metadata.update(numeric(parity["program"], prefix="program_"))
+        metadata.update(_record(context, tracker, task, "export"))
         return MaterializeResult(
             metadata=metadata, check_results=[_gate_result(gate.to_dict(), key("onnx"), "parity")]
         )

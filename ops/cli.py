@@ -281,7 +281,7 @@ def _run_step(args: argparse.Namespace, params: Params) -> dict[str, Any]:
         return {k: v for k, v in summary.items() if _scalar(v)}
     if args.command == "export":
         report = steps.export(params)
-        return {k: report[k] for k in ("onnx", "onnx_bytes", "program")} | {
+        return {k: report[k] for k in ("onnx", "onnx_bytes", "program") if k in report} | {
             "parity": {
                 name: {k: v for k, v in r.items() if _scalar(v)} for name, r in report["parity"].items()
             }

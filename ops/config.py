@@ -312,9 +312,9 @@ class RestorationQuantizeConfig(StrictModel):
         description="ONNX operator types quantised; the rest stays float (restoration loses PSNR "
         "to quantised activations, so the default quantises the convolutions only).",
     )
-    keep_float: list[str] = Field(
-        description="Layers kept in float by their module path (e.g. 'intro', 'ending'): the "
-        "network's first and last convolutions see and produce pixels."
+    keep_first_last_float: bool = Field(
+        description="Keep the network's first convolution (it reads pixels) and its output layers "
+        "(the last convolution, the global residual and the crop) in float."
     )
 
 

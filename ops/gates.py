@@ -26,17 +26,30 @@ class Gate:
         return asdict(self)
 
 
-def map_drop_gate(backend: str, reference_map50: float, candidate_map50: float, max_drop: float) -> Gate:
-    """mAP@0.5 lost against PyTorch must stay below ``max_drop`` (fractions: 0.01 = 1 point)."""
-    drop = reference_map50 - candidate_map50
+def drop_gate(
+    metric: str, label: str, backend: str, reference: float, candidate: float, max_drop: float
+) -> Gate:
+    """``metric`` (higher is better) lost by ``backend`` against PyTorch must stay below ``max_drop``."""
+    drop = reference - candidate
     return Gate(
-        name=f"map50_drop_{backend}",
+        name=f"{metric}_drop_{backend}",
         passed=drop < max_drop,
         value=round(drop, 6),
         threshold=max_drop,
         comparison="<",
-        detail=f"{backend} mAP@0.5 {candidate_map50:.4f} vs PyTorch {reference_map50:.4f}",
+        detail=f"{backend} {label} {candidate:.4f} vs PyTorch {reference:.4f}",
     )
+
+
+def map_drop_gate(backend: str, reference_map50: float, candidate_map50: float, max_drop: float) -> Gate:
+    """mAP@0.5 lost against PyTorch must stay below ``max_drop`` (fractions: 0.01 = 1 point)."""
+    return drop_gate("map50", "mAP@0.5", backend, reference_map50, candidate_map50, max_drop)
+
+
+def minimum_gate(name: str, value: float, minimum: float, detail: str) -> Gate:
+    """``value`` must reach ``minimum``."""
+    passed = value >= minimum
+    return Gate(name, passed, round(value, 6), minimum, ">=", detail)
 
 
 def cosine_gate(backend: str, cosine: float, min_cosine: float) -> Gate:

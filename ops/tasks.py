@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from types import ModuleType
+from typing import Any
 
 from ops.errors import ConfigError
 
@@ -33,7 +33,7 @@ class TaskSpec:
 
     name: str
     family: str  # detection | restoration
-    steps_module: str
+    steps_module: str  # a module, or module:object for a shared steps class's instance
     # What the trained model is called in the registry: <task>-<model_noun>-<format>.
     model_noun: str
     description: str
@@ -48,6 +48,13 @@ TASKS: dict[str, TaskSpec] = {
             "ops.detection.traffic",
             "detector",
             "traffic object detection (TrafficQuantizerNet, COCO mAP)",
+        ),
+        TaskSpec(
+            "sidd",
+            "restoration",
+            "ops.restoration.tasks:SIDD",
+            "denoiser",
+            "SIDD smartphone image denoising (NAFNet, PSNR/SSIM)",
         ),
     )
 }
@@ -64,6 +71,9 @@ def task_spec(task: str) -> TaskSpec:
         raise ConfigError(f"unknown task {task!r} (tasks: {', '.join(TASKS)})") from None
 
 
-def task_steps(task: str) -> ModuleType:
-    """The module implementing ``task``'s steps (imported on first use: it pulls in torch)."""
-    return importlib.import_module(task_spec(task).steps_module)
+def task_steps(task: str) -> Any:
+    """The module (or ``module:object``) implementing ``task``'s steps, imported on first use:
+    it pulls in torch."""
+    module_name, _, attribute = task_spec(task).steps_module.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attribute) if attribute else module

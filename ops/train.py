@@ -253,7 +253,8 @@ def plot_history(history: list[dict[str, float]], path: Path) -> Path:
     ax_loss, ax_lr = fig.subplots(1, 2)
     for name in [k for k in history[0] if k not in ("epoch", "lr")]:
         ax_loss.plot(epochs, [row[name] for row in history], marker="o", label=name)
-    ax_loss.set_yscale("log")
+    if all(row[name] > 0 for row in history for name in row if name not in ("epoch", "lr")):
+        ax_loss.set_yscale("log")  # a PSNR loss is negative: it stays linear
     ax_loss.set_xlabel("epoch")
     ax_loss.set_title("training loss")
     ax_loss.legend()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,19 +95,24 @@ def measure_interleaved(
     return timings
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
+# (title, row key, format) of the detector's table; a task may pass its own columns.
+DETECTION_COLUMNS = (
+    ("backend", "backend", "{}"),
+    ("p50 ms", "latency_p50_ms", "{:.1f}"),
+    ("p95 ms", "latency_p95_ms", "{:.1f}"),
+    ("FPS", "fps", "{:.1f}"),
+    ("GFLOP/s", "gflop_per_s", "{:.0f}"),
+    ("x PyTorch", "speedup_vs_pytorch", "{:.2f}"),
+    ("mAP@0.5", "map50", "{:.4f}"),
+    ("delta", "map50_delta_vs_pytorch", "{:+.4f}"),
+    ("MB", "size_mb", "{:.2f}"),
+)
+
+
+def format_table(
+    rows: list[dict[str, Any]], columns: Sequence[tuple[str, str, str]] = DETECTION_COLUMNS
+) -> str:
     """A fixed-width text table of :meth:`BackendRow.to_dict` rows."""
-    columns = [
-        ("backend", "backend", "{}"),
-        ("p50 ms", "latency_p50_ms", "{:.1f}"),
-        ("p95 ms", "latency_p95_ms", "{:.1f}"),
-        ("FPS", "fps", "{:.1f}"),
-        ("GFLOP/s", "gflop_per_s", "{:.0f}"),
-        ("x PyTorch", "speedup_vs_pytorch", "{:.2f}"),
-        ("mAP@0.5", "map50", "{:.4f}"),
-        ("delta", "map50_delta_vs_pytorch", "{:+.4f}"),
-        ("MB", "size_mb", "{:.2f}"),
-    ]
     cells = [[title for title, _, _ in columns]]
     for row in rows:
         cells.append([("-" if row.get(key) is None else fmt.format(row[key])) for _, key, fmt in columns])
