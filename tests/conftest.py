@@ -27,6 +27,22 @@ def tiny_params_dict(workdir: Path) -> dict:
     traffic["model"].update(input_size=128, width_mult=0.25, head_width=16)
     traffic["train"].update(epochs=2, batch_size=8, num_workers=0, device="cpu")
     traffic["evaluate"]["num_sample_images"] = 4
+    sidd = raw["sidd"]
+    sidd["dataset"]["root"] = str(workdir / "data" / "sidd")
+    sidd["dataset"]["generator"].update(
+        num_train_scenes=4,
+        num_val_images=2,
+        blocks_per_image=2,
+        block_size=32,
+        image_width=64,
+        image_height=64,
+    )
+    sidd["model"].update(width=8, enc_blocks=[1, 1], middle_blocks=1, dec_blocks=[1, 1])
+    sidd["train"].update(epochs=2, batch_size=4, crop_size=32, crops_per_epoch=16, device="cpu")
+    sidd["quantize"].update(calibration_images=8, calibration_crop=32)
+    sidd["export"]["parity_images"] = 4
+    sidd["evaluate"]["num_sample_images"] = 2
+    sidd["benchmark"].update(sizes=[[64, 64]], runs=2, warmup=1)
     # MLflow and DVC's remote in the test's directory, never the project's
     raw["tracking"].update(uri=None, store=str(workdir / "mlruns.db"), artifacts=str(workdir / "mlartifacts"))
     raw["storage"]["local_dir"] = str(workdir / "dvc-storage")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -53,17 +54,18 @@ def _materializations(instance: DagsterInstance, run_id: str) -> dict[str, dict]
     return out
 
 
-def _checks(instance: DagsterInstance, run_id: str) -> dict[str, object]:
+def _checks(instance: DagsterInstance, run_id: str, task: str = "traffic") -> dict[str, object]:
+    """``task``'s check evaluations of the run, by check name."""
     entries = instance.all_logs(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)
     evaluations = [entry.dagster_event.asset_check_evaluation_data for entry in entries]
-    return {evaluation.check_name: evaluation for evaluation in evaluations}
+    return {e.check_name: e for e in evaluations if e.asset_key.path[0] == task}
 
 
 def test_every_asset_materialises_with_its_checks(graph, instance):
     params_path, summary, _ = graph
     assert summary.success, summary.errors
     materialized = _materializations(instance, summary.run_id)
-    assert set(materialized) == {f"traffic/{stage}" for stage in STAGES}
+    assert set(materialized) == {f"{task}/{stage}" for task in ("traffic", "sidd") for stage in STAGES}
     checks = _checks(instance, summary.run_id)
     assert set(checks) == {
         "integrity",
@@ -140,9 +142,12 @@ def test_tensorrt_without_a_gpu_is_a_recorded_skip_not_a_failure(graph, instance
 
 def test_progress_line_per_asset_and_summary_table(graph):
     _, summary, lines = graph
-    for index, stage in enumerate(STAGES, start=1):
-        assert f"==> [{index}/7] traffic/{stage}: started" in lines
-        assert any(line.startswith(f"==> [{index}/7] traffic/{stage}: done in ") for line in lines)
+    keys = [row.key for row in summary.assets]
+    assert len(keys) == 2 * len(STAGES)
+    for stage in STAGES:
+        index = keys.index(f"traffic/{stage}") + 1
+        assert f"==> [{index}/{len(keys)}] traffic/{stage}: started" in lines
+        assert any(line.startswith(f"==> [{index}/{len(keys)}] traffic/{stage}: done in ") for line in lines)
     table = format_summary(summary)
     for stage in STAGES:
         assert f"traffic/{stage}" in table
@@ -191,3 +196,37 @@ def test_a_corrupt_dataset_fails_integrity_and_nothing_downstream_runs(tmp_path,
     assert not TaskLayout.for_task(
         __import__("ops.config").config.load_params(params_path), "traffic"
     ).weights.exists()
+
+
+def test_the_sidd_chain_materialises_with_its_gates_and_release(graph, instance):
+    params_path, summary, _ = graph
+    meta = {key: m.metadata for key, m in _materializations(instance, summary.run_id).items()}
+    checks = _checks(instance, summary.run_id, "sidd")
+    assert set(checks) == {
+        "integrity",
+        "parity",
+        "output_psnr_onnx",
+        "psnr_drop_onnx",
+        "psnr_drop_onnx_int8",
+        "psnr_drop_trt_fp16",
+        "psnr_drop_trt_int8",
+    }
+    assert all(check.passed for check in checks.values())
+    assert checks["parity"].metadata["threshold"].value == pytest.approx(60.0)
+    assert checks["psnr_drop_trt_fp16"].metadata["status"].value == "skipped"
+    assert meta["sidd/dataset"]["train_pairs"].value == 8  # 4 scenes x 2 instances
+    assert meta["sidd/dataset"]["val_samples"].value == 4
+    assert 10 < meta["sidd/dataset"]["val_psnr_input"].value < 40
+    model = meta["sidd/model"]
+    assert model["epochs"].value == 1
+    assert model["psnr_input"].value == pytest.approx(meta["sidd/dataset"]["val_psnr_input"].value, abs=1e-3)
+    assert "data:image/" in model["plot_samples"].value
+    validation = meta["sidd/validation"]
+    assert validation["passed"].value is True
+    assert validation["onnx_psnr"].value == pytest.approx(validation["pytorch_psnr"].value, abs=0.05)
+    assert meta["sidd/onnx"]["registered_onnx"].value.startswith("sidd-denoiser-onnx v")
+    assert meta["sidd/release"]["decision"].value == "promoted"
+    metrics = json.loads(
+        (params_path.parent / "artifacts" / "sidd" / "metrics" / "onnx-int8.json").read_text()
+    )
+    assert {"psnr", "ssim", "psnr_input", "ssim_input", "per_iso", "ssim_settings"} <= set(metrics)
