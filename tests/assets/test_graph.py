@@ -214,7 +214,7 @@ def test_the_sidd_chain_materialises_with_its_gates_and_release(graph, instance)
     assert all(check.passed for check in checks.values())
     assert checks["parity"].metadata["threshold"].value == pytest.approx(60.0)
     assert checks["psnr_drop_trt_fp16"].metadata["status"].value == "skipped"
-    assert meta["sidd/dataset"]["train_pairs"].value == 8  # 4 scenes x 2 instances
+    assert meta["sidd/dataset"]["train_pairs"].value == 4  # one pair per scene instance folder
     assert meta["sidd/dataset"]["val_samples"].value == 4
     assert 10 < meta["sidd/dataset"]["val_psnr_input"].value < 40
     model = meta["sidd/model"]

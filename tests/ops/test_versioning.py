@@ -90,6 +90,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> dict:
     raw = tiny_params_dict(workdir)
     raw["project"] = {"data_dir": "data", "artifacts_dir": "artifacts"}  # DVC outs live in the repo
     raw["traffic"]["dataset"]["root"] = "data/traffic"
+    raw["sidd"]["dataset"]["root"] = "data/sidd"
+    raw["sidd"]["train"]["epochs"] = 1
     raw["traffic"]["train"]["epochs"] = 1
     raw["traffic"]["export"]["parity_images"] = 4
     raw["traffic"]["quantize"]["calibration_images"] = 4
@@ -137,6 +139,9 @@ def test_metrics_and_plots_are_shown_by_dvc(repo):
     plots = json.loads(run_dvc(["plots", "show", "--json"], repo["root"]).stdout)["data"]
     assert "artifacts/traffic/model/history.json" in plots
     assert "artifacts/traffic/eval/onnx-int8/pr_curve.png" in plots
+    sidd = data["artifacts/sidd/metrics/onnx-int8.json"]["data"]
+    assert sidd["psnr_input"] > 0 and "psnr" in sidd
+    assert "artifacts/sidd/eval/onnx-int8/samples.png" in plots
 
 
 @pytest.mark.slow
@@ -150,7 +155,7 @@ def test_a_params_change_reruns_exactly_the_stages_that_depend_on_it(repo):
         for name, stage in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].items()
         if any("traffic.validation.min_output_cosine".startswith(key) for key in stage["params"])
     ]
-    assert dependent == ["validate"]
+    assert dependent == ["traffic-validate"]  # stages are named <task>-<step>
     assert changed_stages(root) == dependent
     assert repro(root) == dependent  # its outputs' other files are unchanged: nothing downstream reruns
     assert repro(root) == []
@@ -184,7 +189,7 @@ def test_a_dataset_changed_without_dvc_commit_is_detected_and_reported(repo):
         os.chdir(REPO_ROOT)
     assert status.state == "modified"
     assert "dvc commit" in status.describe() and status.recorded in status.describe()
-    assert "ingest" in changed_stages(root)  # DVC agrees
+    assert "traffic-ingest" in changed_stages(root)  # DVC agrees
     cli = run_cli("status", "traffic", cwd=root, timeout=120)
     assert cli.returncode == 1 and "changed on disk" in cli.stderr
     assert json.loads(cli.stdout)["state"] == "modified"
