@@ -23,7 +23,7 @@ PIP_QUIET := grep -v 'is ignored: it is neither a file nor a directory' || true
 .PHONY: help setup browser demo repro ui test test-fast lint clean cpp-deps cpp demo-video detect-video
 
 help:
-	@echo "make demo       set up .venv, then materialise the whole asset graph on generated traffic data"
+	@echo "make demo       set up .venv, then materialise the whole asset graph (every task) on generated data"
 	@echo "make repro      the same pipeline through DVC (dvc.yaml): only stages whose params or inputs changed run"
 	@echo "make ui         the Dagster UI (webserver + daemon: schedules, sensors) on http://$(UI_HOST):$(UI_PORT)"
 	@echo "                and the MLflow UI (runs, registry) on http://$(UI_HOST):$(MLFLOW_PORT)"
@@ -64,7 +64,7 @@ DEMO_ONNX := artifacts/traffic/onnx/model.onnx
 
 # torch.compile's one-off compilation (about 45 s on 2 cores) is left to `visionforge benchmark`.
 demo: setup $(DAGSTER_HOME)/dagster.yaml $(DEMO_VIDEO)
-	@echo "==> demo: materialising the traffic asset graph on params.yaml (DAGSTER_HOME=$(DAGSTER_HOME))"
+	@echo "==> demo: materialising every task's asset graph (traffic, sidd) on params.yaml (DAGSTER_HOME=$(DAGSTER_HOME))"
 	@start=$$(date +%s); \
 	$(BIN)/python -m pipelines.demo --set traffic.benchmark.compile=false; \
 	echo "==> demo finished in $$(( $$(date +%s) - start )) s"

@@ -13,7 +13,7 @@ from typing import Any
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from ops.config import DEFAULT_PARAMS_PATH, Params, load_params
+from ops.config import DEFAULT_PARAMS_PATH, Params, has_key, load_params
 from ops.tracking import Tracker
 
 
@@ -29,7 +29,9 @@ class ParamsResource(ConfigurableResource):
         default=None, description="Override <task>.train.epochs for this run (e.g. 2 for a quick try)."
     )
     input_size: int | None = Field(
-        default=None, description="Override <task>.model.input_size for this run (a multiple of 32)."
+        default=None,
+        description="Override <task>.model.input_size for this run (a multiple of 32; tasks whose "
+        "model has no fixed input size ignore it).",
     )
     overrides: dict[str, Any] = Field(
         default_factory=dict,
@@ -39,7 +41,9 @@ class ParamsResource(ConfigurableResource):
     def override_map(self, task: str) -> dict[str, Any]:
         """The dotted overrides this run applies to ``task``'s parameters."""
         named = {f"{task}.train.epochs": self.epochs, f"{task}.model.input_size": self.input_size}
-        return {**self.overrides, **{key: value for key, value in named.items() if value is not None}}
+        # a named override applies to the tasks that have the key (restorers have no input size)
+        named = {key: value for key, value in named.items() if value is not None and has_key(key)}
+        return {**self.overrides, **named}
 
     def load(self, task: str) -> Params:
         """Read and validate the file with this run's overrides (raises ``ConfigError`` naming the key)."""

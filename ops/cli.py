@@ -64,10 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
         "ingest",
         parents=[common],
         help="generate or locate a dataset, validate it, write its report",
-        description="Write the procedural dataset (dataset.source: generate) or check an existing "
-        "COCO-format copy (dataset.source: local), validate every image and annotation of both "
-        "splits, and write a report (counts per class, box-size histogram) to "
-        "artifacts/<task>/dataset/.",
+        description="Write the procedural dataset (dataset.source: generate), fetch an archive "
+        "(download, restoration tasks) or check an existing copy in the official layout (local: "
+        "COCO for traffic, SIDD-Small/Medium + validation blocks for sidd), validate every file of "
+        "both splits (all offending items in one error), and write a report to "
+        "artifacts/<task>/dataset/ (traffic: counts per class, box sizes; sidd: pairs per phone "
+        "and ISO, noisy-input PSNR/SSIM per ISO, sample pairs).",
     )
     ingest.add_argument("task", choices=TASKS, help="which task's dataset")
 

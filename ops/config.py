@@ -427,6 +427,16 @@ class Params(StrictModel):
         return self.project.artifacts_dir / task
 
 
+def has_key(dotted: str, model: type[BaseModel] = Params) -> bool:
+    """Whether ``dotted`` (e.g. ``sidd.model.input_size``) names a field of the params schema."""
+    for part in dotted.split("."):
+        field = model.model_fields.get(part) if isinstance(model, type) else None
+        if field is None:
+            return False
+        model = field.annotation  # type: ignore[assignment]
+    return True
+
+
 def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration in {source}:"]
     for item in err.errors():

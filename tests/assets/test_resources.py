@@ -22,6 +22,15 @@ def test_named_and_dotted_overrides_reach_the_params(tmp_path):
     assert ParamsResource(path=str(path)).load("traffic").traffic.train.epochs == 2
 
 
+def test_a_named_override_reaches_only_the_tasks_that_have_the_key(tmp_path):
+    path = write_params(tmp_path, tiny_params_dict(tmp_path))
+    resource = ParamsResource(path=str(path), epochs=1, input_size=96)
+    params = resource.load("sidd")  # the restorer takes any size: input_size is not its key
+    assert params.sidd.train.epochs == 1
+    assert params.traffic.model.input_size == 128  # the file's value: this load was sidd's
+    assert resource.load("traffic").traffic.model.input_size == 96
+
+
 def test_an_unknown_dotted_override_names_the_key(tmp_path):
     path = write_params(tmp_path, tiny_params_dict(tmp_path))
     with pytest.raises(ConfigError, match="epoch"):
