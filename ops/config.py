@@ -64,6 +64,42 @@ class SiddGeneratorConfig(StrictModel):
     )
 
 
+class GoproGeneratorConfig(StrictModel):
+    """Procedural GOPRO-style sequences written in the official ``GOPRO_Large`` layout: traffic
+    scenes filmed at 240 fps by a moving camera, each blurred frame the average of
+    ``blur_frames_min``..``blur_frames_max`` consecutive sharp frames (Nah et al. 2017)."""
+
+    seed: int = Field(description="Random seed: the same seed writes byte-identical files.")
+    num_train_sequences: int = Field(gt=0, description="Sequences (GOPRxxxx_xx_xx folders) in train/.")
+    num_test_sequences: int = Field(gt=0, description="Sequences in test/ (GOPRO's de-facto validation).")
+    frames_per_sequence: int = Field(gt=0, description="Blurred/sharp frame pairs written per sequence.")
+    image_width: int = Field(ge=32, description="Width of generated frames in pixels (GOPRO: 1280).")
+    image_height: int = Field(ge=32, description="Height of generated frames in pixels (GOPRO: 720).")
+    blur_frames_min: int = Field(
+        ge=2, description="Fewest sharp 240 fps frames averaged per blurred one (GOPRO: 7)."
+    )
+    blur_frames_max: int = Field(ge=2, description="Most sharp frames averaged per blurred one (GOPRO: 13).")
+    max_pan_px: float = Field(
+        ge=0,
+        description="Fastest camera pan per sharp frame in pixels of the generated frame; blur grows "
+        "with it (about 1.4 at 256x144 and 2.5 at 1280x720 give GOPRO's 25-26 dB blurred inputs).",
+    )
+    shake_px: float = Field(ge=0, description="Amplitude of hand shake (8-30 Hz jitter) in pixels.")
+    zoom_per_frame: float = Field(
+        ge=0, lt=0.05, description="Fastest relative change of scale per sharp frame (forward motion)."
+    )
+    moving_objects: int = Field(ge=0, description="Vehicles driving on the scene's road, at most.")
+
+    @model_validator(mode="after")
+    def _blur_range(self) -> GoproGeneratorConfig:
+        if self.blur_frames_min > self.blur_frames_max:
+            raise ValueError(
+                f"blur_frames_min ({self.blur_frames_min}) must not exceed "
+                f"blur_frames_max ({self.blur_frames_max})"
+            )
+        return self
+
+
 class DatasetConfig(StrictModel):
     source: Literal["generate", "local"] = Field(
         description="'generate' writes procedural data; 'local' reads an existing COCO copy."

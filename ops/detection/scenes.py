@@ -30,8 +30,6 @@ import json
 import logging
 import math
 import multiprocessing
-import os
-import secrets
 import shutil
 import threading
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -44,6 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ops.config import TrafficGeneratorConfig
+from ops.data.writing import default_workers, sibling_dir, swap_into_place
 from ops.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -2066,40 +2065,6 @@ def _write_split(
     return len(annotations)
 
 
-def default_workers() -> int:
-    """Processes for rendering: the CPUs this process may run on (at most 8)."""
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(8, available or 1))
-
-
-def _sibling_dir(root: Path, tag: str) -> Path:
-    """Create a fresh hidden directory beside ``root`` (mode from the umask, unlike mkdtemp)."""
-    while True:
-        path = root.parent / f".{root.name}.{tag}-{secrets.token_hex(4)}"
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-
-
-def _swap_into_place(tmp: Path, root: Path) -> None:
-    """Rename the finished dataset onto ``root``; the old one goes only once the new is there."""
-    old: Path | None = None
-    if root.exists():
-        old = _sibling_dir(root, "old")
-        os.rmdir(old)
-        os.rename(root, old)
-    try:
-        os.rename(tmp, root)
-    except BaseException:
-        if old is not None:
-            os.rename(old, root)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def generate_traffic_dataset(
     root: Path, cfg: TrafficGeneratorConfig, progress: bool = True, workers: int | None = None
 ) -> Path:
@@ -2115,7 +2080,7 @@ def generate_traffic_dataset(
     if root.exists() and not root.is_dir():
         raise DatasetError(f"dataset root {root} exists and is not a directory")
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling_dir(root, "tmp")
+    tmp = sibling_dir(root, "tmp")
     total = cfg.num_train + cfg.num_val
     log.info(
         "generating %d traffic scenes (%dx%d, seed %d) into %s",
@@ -2136,7 +2101,7 @@ def generate_traffic_dataset(
     try:
         with tqdm(total=total, disable=not progress, desc="traffic scenes", unit="img") as bar:
             counts = {split: _write_split(tmp, cfg, split, bar, pool) for split in SPLITS}
-        _swap_into_place(tmp, root)
+        swap_into_place(tmp, root)
     finally:
         if pool is not None:  # no worker may still write into tmp once it is removed
             pool.shutdown(wait=True, cancel_futures=True)

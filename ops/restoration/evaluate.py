@@ -64,6 +64,10 @@ def evaluate_restorer(
     ``ssim_input``, ``psnr_gain``, per ``bin_key`` value, and the metric settings)."""
     rows: list[dict[str, Any]] = []
     shown: list[tuple[np.ndarray, np.ndarray, np.ndarray, str]] = []
+    # evenly spaced over the split, so the grid spans its images (and ISO levels)
+    picked = set(
+        np.linspace(0, len(split) - 1, min(num_sample_images, len(split))).round().astype(int).tolist()
+    )
     progress = tqdm(total=len(split), desc=f"evaluate {predictor.backend}", unit="image", disable=None)
     for batch in _batches(split, batch_size):
         degraded = np.stack([d for d, _, _ in batch])
@@ -78,7 +82,7 @@ def evaluate_restorer(
                     "ssim_input": ssim(noisy, clean),
                 }
             )
-            if len(shown) < num_sample_images:
+            if len(rows) - 1 in picked:
                 label = f"{bin_key} {info[bin_key]}" if bin_key in info else f"sample {len(rows) - 1}"
                 shown.append((noisy, output, clean, label))
         progress.update(len(batch))

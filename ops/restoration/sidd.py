@@ -33,7 +33,6 @@ import math
 import multiprocessing
 import os
 import re
-import secrets
 import shutil
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -45,6 +44,14 @@ import numpy as np
 from tqdm import tqdm
 
 from ops.config import SiddGeneratorConfig
+from ops.data.writing import (
+    STAMP_NAME,
+    default_workers,
+    problem_error,
+    read_stamp,
+    sibling_dir,
+    swap_into_place,
+)
 from ops.errors import DatasetError
 from ops.restoration.camera import add_camera_noise
 from ops.restoration.pairs import ImagePair, PairSplit, read_rgb8, write_rgb8_png
@@ -62,7 +69,6 @@ VAL_GT_FILE, VAL_GT_KEY = "ValidationGtBlocksSrgb.mat", "ValidationGtBlocksSrgb"
 VAL_SIDECAR = "ValidationBlocksSrgb.json"
 SMALL_FILES = ("GT_SRGB_010.PNG", "NOISY_SRGB_010.PNG")
 MEDIUM_FRAMES = ("010", "011")
-STAMP_NAME = ".generator.json"
 GENERATOR_VERSION = "1"
 
 _NAME_RE = re.compile(
@@ -233,11 +239,6 @@ def write_mat_v5(path: Path, arrays: dict[str, np.ndarray]) -> bytes:
 # --------------------------------------------------------------------------- loading
 
 
-def _problem_error(what: str, root: Path, problems: list[str]) -> DatasetError:
-    listing = "\n".join(f"  - {p}" for p in problems)
-    return DatasetError(f"{what} under {root} has {len(problems)} problem(s):\n{listing}")
-
-
 def _layout_dirs(root: Path) -> list[tuple[str, Path]]:
     """(layout, Data directory) of each sRGB layout under ``root`` (or ``root`` itself)."""
     found = []
@@ -338,7 +339,7 @@ def _load_train(root: Path, check_images: bool) -> PairSplit:
     if check_images and pairs:
         problems.extend(_check_images(pairs))
     if problems:
-        raise _problem_error("SIDD training data", root, problems)
+        raise problem_error("SIDD training data", root, problems)
     if not pairs:
         raise DatasetError(f"no SIDD image pairs under {', '.join(str(d) for _, d in layouts)}")
     return PairSplit(name="train", root=root, pairs=pairs)
@@ -390,7 +391,7 @@ def _load_val(root: Path) -> PairSplit:
     if noisy is not None:
         infos = _read_sidecar(root / VAL_SIDECAR, noisy.shape[0], problems)
     if problems:
-        raise _problem_error("SIDD validation data", root, problems)
+        raise problem_error("SIDD validation data", root, problems)
     assert noisy is not None and gt is not None
     n_img, n_blk, h, w, _ = noisy.shape
     block_info = []
@@ -598,12 +599,6 @@ def generator_stamp(cfg: SiddGeneratorConfig, instances_per_scene: int) -> dict[
     }
 
 
-def default_workers() -> int:
-    """Processes for rendering: the CPUs this process may run on (at most 8)."""
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(8, available or 1))
-
-
 # Below this many pixels to render, starting spawned workers (about a second each to import
 # numpy, OpenCV and scipy) costs more than it saves.
 _POOL_MIN_PIXELS = 12_000_000
@@ -612,41 +607,6 @@ _POOL_MIN_PIXELS = 12_000_000
 def _auto_workers(cfg: SiddGeneratorConfig) -> int:
     pixels = (cfg.num_train_scenes + cfg.num_val_images) * cfg.image_width * cfg.image_height
     return 1 if pixels < _POOL_MIN_PIXELS else default_workers()
-
-
-def _sibling_dir(root: Path, tag: str) -> Path:
-    """A fresh hidden directory beside ``root`` (same filesystem: the final rename is atomic)."""
-    while True:
-        path = root.parent / f".{root.name}.{tag}-{secrets.token_hex(4)}"
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-
-
-def _swap_into_place(tmp: Path, root: Path) -> None:
-    """Rename the finished dataset onto ``root``; an old one goes only once the new is there."""
-    old: Path | None = None
-    if root.exists():
-        old = _sibling_dir(root, "old")
-        os.rmdir(old)
-        os.rename(root, old)
-    try:
-        os.rename(tmp, root)
-    except BaseException:
-        if old is not None:
-            os.rename(old, root)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _read_stamp(root: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((root / STAMP_NAME).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _is_complete(root: Path) -> bool:
@@ -689,7 +649,7 @@ def generate_sidd_dataset(
     if root.exists():
         if not root.is_dir():
             raise DatasetError(f"dataset root {root} exists and is not a directory")
-        existing = _read_stamp(root)
+        existing = read_stamp(root)
         if existing == stamp and _is_complete(root):
             log.info("%s already holds this SIDD generator configuration; not regenerating", root)
             return root
@@ -720,7 +680,7 @@ def generate_sidd_dataset(
     pool: Executor | None = None
     try:
         root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _sibling_dir(root, "tmp")
+        tmp = sibling_dir(root, "tmp")
         data_dir = tmp / SMALL_DIR / "Data"
         data_dir.mkdir(parents=True)
         # Spawned, not forked: the caller (a Dagster run, a training process) may hold
@@ -751,7 +711,7 @@ def generate_sidd_dataset(
         }
         _save(tmp / VAL_SIDECAR, (json.dumps(sidecar, indent=1) + "\n").encode())
         _save(tmp / STAMP_NAME, (json.dumps(stamp, indent=2, sort_keys=True) + "\n").encode())
-        _swap_into_place(tmp, root)
+        swap_into_place(tmp, root)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise DatasetError(f"no space left on device while writing {exc.filename or tmp}") from exc
