@@ -1,9 +1,10 @@
-"""Atomic file writes (a crash never leaves a file that looks complete), and the integer
-check shared by every reader of parsed JSON and YAML."""
+"""Atomic file writes (a crash never leaves a file that looks complete), file digests, and the
+integer check shared by every reader of parsed JSON and YAML."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -47,6 +48,13 @@ def save_figure(fig: Any, path: Path | str, dpi: int = 110) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     return Path(path)
+
+
+def sha256_file(path: Path | str) -> str:
+    """Hex SHA-256 of a file's bytes: binds sidecars, caches, registry versions and downloads to
+    one exact artefact."""
+    with Path(path).open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def is_int(value: Any) -> bool:

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from ops.config import Params
 from ops.errors import TrackingError, VisionForgeError
+from ops.io import sha256_file
 from ops.layout import TaskLayout
 from ops.stages import CPU_BACKENDS, Stage, deployable_artefacts, stage
 from ops.storage import mlflow_artifact_location, mlflow_environment, redact
@@ -98,11 +99,6 @@ def params_digest(params: Params, task: str) -> str:
     """SHA-256 of the task's parameters (canonical JSON): equal digests, equal configuration."""
     section = getattr(params, task).model_dump(mode="json")
     return hashlib.sha256(json.dumps(section, sort_keys=True).encode()).hexdigest()
-
-
-def sha256_file(path: Path | str) -> str:
-    with Path(path).open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def new_pipeline_run_key() -> str:

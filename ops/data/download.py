@@ -9,7 +9,6 @@ their own stores, and pooch verifies checksums but enforces no size limit on ext
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import logging
 import lzma
@@ -35,6 +34,7 @@ from typing import IO
 from tqdm import tqdm
 
 from ops.errors import DownloadError
+from ops.io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -114,15 +114,6 @@ def download(
     os.replace(part, dest)
     log.info("downloaded %s -> %s (%d bytes)", url, dest, dest.stat().st_size)
     return dest
-
-
-def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    """The hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _normalise_sha256(sha256: str | None, url: str) -> str | None:

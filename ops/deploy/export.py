@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -29,7 +28,7 @@ from torch import nn
 
 from ops.deploy.runtime import DETECTOR, INPUT_NAME, RESTORER, IOContract, Predictor
 from ops.errors import ExportError
-from ops.io import atomic_path, is_int
+from ops.io import atomic_path, is_int, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -252,12 +251,6 @@ class RestorerMetadata:
 
 
 ModelMetadata = OnnxMetadata | RestorerMetadata
-
-
-def sha256_file(path: Path | str) -> str:
-    """Hex digest of a file's bytes: binds sidecars, caches and reports to one exact artefact."""
-    with Path(path).open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def fold_batchnorm(transposed: nn.ConvTranspose2d, norm: nn.BatchNorm2d) -> nn.ConvTranspose2d:

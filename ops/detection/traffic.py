@@ -26,7 +26,6 @@ from ops.deploy.export import (
     export_program,
     float16_onnx,
     parity,
-    sha256_file,
 )
 from ops.deploy.optimize import QuantizeSettings, quantize_int8
 from ops.deploy.runtime import OnnxRuntimePredictor, Predictor, TorchPredictor
@@ -43,7 +42,7 @@ from ops.detection.scenes import generate_traffic_dataset
 from ops.detection.training import build_detector, load_detector, train_detector
 from ops.errors import DatasetError
 from ops.gates import Gate, all_passed, cosine_gate, map_drop_gate, skipped_gate
-from ops.io import write_json
+from ops.io import sha256_file, write_json
 from ops.layout import TaskLayout
 from ops.stages import CPU_BACKENDS, Plot, Stage, deployable_artefacts
 from ops.train import TrainResult

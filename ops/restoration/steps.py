@@ -28,12 +28,11 @@ from ops.deploy.export import (
     RestorerMetadata,
     export_onnx,
     parity,
-    sha256_file,
 )
 from ops.deploy.optimize import CALIBRATION_BATCH_SIZE, QuantizeSettings, quantize_int8
 from ops.deploy.runtime import RESTORER, OnnxRuntimePredictor, Predictor, TorchPredictor
 from ops.gates import Gate, all_passed, drop_gate, minimum_gate, skipped_gate
-from ops.io import write_json
+from ops.io import sha256_file, write_json
 from ops.layout import TaskLayout
 from ops.restoration.evaluate import evaluate_restorer
 from ops.restoration.nafnet import NAFNet, NAFNetConfig, conv_macs

@@ -17,14 +17,13 @@ from mlflow import MlflowClient
 
 from ops.config import Params
 from ops.errors import TrackingError
-from ops.io import write_json
+from ops.io import sha256_file, write_json
 from ops.layout import TaskLayout
 from ops.tracking import (
     ALIAS_CANDIDATE,
     ALIAS_CHAMPION,
     Tracker,
     registered_model_name,
-    sha256_file,
 )
 from ops.versioning import dataset_version
 from tests.conftest import run_cli

@@ -26,13 +26,13 @@ from ops.deploy.export import (
     fold_batchnorm,
     parity,
     read_onnx_contract,
-    sha256_file,
 )
 from ops.deploy.runtime import OUTPUT_NAMES, OnnxRuntimePredictor, TorchPredictor
 from ops.detection.coco import load_coco_split
 from ops.detection.data import InputNormalizer, detector_metadata, load_input_batches
 from ops.detection.model import TrafficQuantizerNet
 from ops.errors import ExportError
+from ops.io import sha256_file
 
 SIZE = 128
 CLASSES = ["car", "truck", "bus", "pedestrian"]

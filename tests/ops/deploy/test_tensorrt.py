@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ops.deploy.export import OnnxMetadata, read_onnx_contract, sha256_file
+from ops.deploy.export import OnnxMetadata, read_onnx_contract
 from ops.deploy.runtime import OUTPUT_NAMES
 from ops.deploy.tensorrt import (
     SIDECAR_SCHEMA_VERSION,
@@ -35,6 +35,7 @@ from ops.deploy.tensorrt import (
     write_calibration_cache,
 )
 from ops.errors import EngineError, ExportError
+from ops.io import sha256_file
 from tests.ops.deploy.test_export import TINY_CHW, TINY_METADATA, TINY_SIZE, write_tiny_onnx
 
 UNAVAILABLE = tensorrt_unavailable_reason()
