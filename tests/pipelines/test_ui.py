@@ -235,7 +235,9 @@ def test_asset_graph_and_plots_render_in_headless_chromium(ui, dataset_run):
         browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.goto(f"{ui.url}/asset-groups", wait_until="networkidle")
+            # one group per task: the traffic group's graph
+            location = ui.graphql(LOCATIONS)["workspaceOrError"]["locationEntries"][0]["name"]
+            page.goto(f"{ui.url}/locations/{location}/asset-groups/traffic", wait_until="networkidle")
             _dismiss_first_visit_dialog(page)
             for stage in ("dataset", "model", "onnx", "int8", "tensorrt", "validation", "release"):
                 page.get_by_text(stage, exact=True).first.wait_for(timeout=60_000)
