@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from ops.config import GoproGeneratorConfig
+from ops.data import writing
 from ops.errors import DatasetError
 from ops.restoration import gopro
 from ops.restoration.gopro import (
@@ -165,7 +166,7 @@ def test_an_existing_root_is_kept_replaced_or_protected(tmp_path: Path) -> None:
 
 def test_a_full_disk_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"n": 0}
-    real = gopro._write_bytes
+    real = writing.write_bytes
 
     def filling_disk(path: Path, data: bytes) -> None:
         calls["n"] += 1
@@ -173,7 +174,7 @@ def test_a_full_disk_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.M
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(path, data)
 
-    monkeypatch.setattr(gopro, "_write_bytes", filling_disk)
+    monkeypatch.setattr(writing, "write_bytes", filling_disk)
     root = tmp_path / "data" / "gopro"
     with pytest.raises(DatasetError, match=r"no space left on device while writing .*\.png"):
         generate_gopro_dataset(root, CFG, workers=1)

@@ -15,8 +15,8 @@ import pytest
 import scipy.io
 
 from ops.config import SiddGeneratorConfig
+from ops.data import writing
 from ops.errors import DatasetError
-from ops.restoration import sidd
 from ops.restoration.pairs import SSIM_SETTINGS, psnr, read_rgb8, ssim, write_pair_report
 from ops.restoration.sidd import (
     MEDIUM_DIR,
@@ -153,7 +153,7 @@ def test_an_existing_root_is_kept_replaced_or_protected(copy: Path, tmp_path: Pa
 
 def test_a_full_disk_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"n": 0}
-    real = sidd._write_bytes
+    real = writing.write_bytes
 
     def filling_disk(path: Path, data: bytes) -> None:
         calls["n"] += 1
@@ -161,7 +161,7 @@ def test_a_full_disk_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.M
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(path, data)
 
-    monkeypatch.setattr(sidd, "_write_bytes", filling_disk)
+    monkeypatch.setattr(writing, "write_bytes", filling_disk)
     root = tmp_path / "data" / "sidd"
     with pytest.raises(DatasetError, match="no space left on device while writing .*PNG"):
         generate_sidd_dataset(root, CFG, workers=1)
