@@ -62,12 +62,12 @@ $(DAGSTER_HOME)/dagster.yaml: pipelines/dagster.yaml
 DEMO_VIDEO := artifacts/traffic/video/traffic.mp4
 DEMO_ONNX := artifacts/traffic/onnx/model.onnx
 
-# torch.compile's one-off compilation (about 45 s on 2 cores) and the denoiser's 1280x720 timings
+# torch.compile's one-off compilation (about 45 s on 2 cores) and the restorers' 1280x720 timings
 # (a minute) are left to `visionforge benchmark`.
 demo: setup $(DAGSTER_HOME)/dagster.yaml $(DEMO_VIDEO)
-	@echo "==> demo: materialising every task's asset graph (traffic, sidd) on params.yaml (DAGSTER_HOME=$(DAGSTER_HOME))"
+	@echo "==> demo: materialising every task's asset graph (traffic, sidd, gopro) on params.yaml (DAGSTER_HOME=$(DAGSTER_HOME))"
 	@start=$$(date +%s); \
-	$(BIN)/python -m pipelines.demo --set traffic.benchmark.compile=false --set 'sidd.benchmark.sizes=[[256, 256]]'; \
+	$(BIN)/python -m pipelines.demo --set traffic.benchmark.compile=false --set 'sidd.benchmark.sizes=[[256, 256]]' --set 'gopro.benchmark.sizes=[[144, 256]]'; \
 	echo "==> demo finished in $$(( $$(date +%s) - start )) s"
 	@echo "==> the C++ detector on the demo video ($(DEMO_VIDEO)): make detect-video"
 

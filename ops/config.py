@@ -298,14 +298,24 @@ class SiddDatasetConfig(StrictModel):
 
 
 class RestorerConfig(StrictModel):
-    """The restoration network (NAFNet: DESIGN.md's SIDD configuration is enc [2,2,4,8],
-    middle 12, dec [2,2,2,2]; width 32 is NAFNet-w32)."""
+    """The restoration network. ``nafnet``: the convolutional default (DESIGN.md's SIDD
+    configuration is enc [2,2,4,8], middle 12, dec [2,2,2,2]; width 32 is NAFNet-w32).
+    ``transformer``: Restormer-style blocks whose attention runs across channels, so its cost
+    grows linearly with the pixels (``heads`` and ``ffn_expand`` apply to it only)."""
 
-    arch: Literal["nafnet"] = Field(description="Network family.")
+    arch: Literal["nafnet", "transformer"] = Field(description="Network family.")
     width: int = Field(gt=0, description="Channels of the first level (doubles per level).")
-    enc_blocks: list[int] = Field(min_length=1, description="NAFBlocks per encoder level.")
-    middle_blocks: int = Field(ge=0, description="NAFBlocks at the lowest resolution.")
-    dec_blocks: list[int] = Field(min_length=1, description="NAFBlocks per decoder level.")
+    enc_blocks: list[int] = Field(min_length=1, description="Blocks per encoder level.")
+    middle_blocks: int = Field(ge=0, description="Blocks at the lowest resolution.")
+    dec_blocks: list[int] = Field(min_length=1, description="Blocks per decoder level.")
+    heads: list[int] | None = Field(
+        default=None,
+        description="transformer: attention heads per level, encoder levels then the middle "
+        "(len(enc_blocks) + 1 values); null for nafnet.",
+    )
+    ffn_expand: float = Field(
+        default=2.66, gt=0, description="transformer: hidden channels of the feed-forward part per channel."
+    )
 
     @model_validator(mode="after")
     def _symmetric(self) -> RestorerConfig:
@@ -314,6 +324,13 @@ class RestorerConfig(StrictModel):
                 f"enc_blocks ({len(self.enc_blocks)} levels) and dec_blocks ({len(self.dec_blocks)}) "
                 "must have as many levels"
             )
+        if self.arch == "transformer" and self.heads is None:
+            raise ValueError(
+                f"arch 'transformer' needs heads: one count per encoder level and the middle "
+                f"({len(self.enc_blocks) + 1} values)"
+            )
+        if self.arch == "nafnet" and self.heads is not None:
+            raise ValueError("heads applies to arch 'transformer' only; remove it for 'nafnet'")
         return self
 
 
@@ -394,8 +411,24 @@ class RestorationReleaseConfig(StrictModel):
     )
 
 
-class SiddConfig(StrictModel):
-    dataset: SiddDatasetConfig
+class GoproDatasetConfig(StrictModel):
+    source: Literal["generate", "local", "download"] = Field(
+        description="'generate' writes procedural sequences in the official layout; 'local' reads "
+        "an existing copy at root (GOPRO_Large/ or the flattened {train,test}/{input,target}/); "
+        "'download' fetches download.url into root first."
+    )
+    root: Path = Field(description="Dataset directory holding GOPRO_Large/ (or the flattened tree).")
+    blur: Literal["blur", "blur_gamma"] = Field(
+        description="The official layout's blurred frames: 'blur' (averaged in sRGB, what papers "
+        "report on) or 'blur_gamma' (averaged in linear light)."
+    )
+    download: DownloadConfig
+    generator: GoproGeneratorConfig
+
+
+class RestorationTaskConfig(StrictModel):
+    """Everything of a restoration task but its dataset, which each task describes itself."""
+
     model: RestorerConfig
     train: RestorationTrainConfig
     evaluate: RestorationEvaluateConfig
@@ -405,6 +438,14 @@ class SiddConfig(StrictModel):
     benchmark: RestorationBenchmarkConfig
     validation: RestorationValidationConfig
     release: RestorationReleaseConfig
+
+
+class SiddConfig(RestorationTaskConfig):
+    dataset: SiddDatasetConfig
+
+
+class GoproConfig(RestorationTaskConfig):
+    dataset: GoproDatasetConfig
 
 
 class TrackingConfig(StrictModel):
@@ -455,6 +496,7 @@ class Params(StrictModel):
     project: ProjectConfig
     traffic: TrafficConfig
     sidd: SiddConfig
+    gopro: GoproConfig
     tracking: TrackingConfig
     storage: StorageConfig
 

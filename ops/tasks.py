@@ -56,6 +56,13 @@ TASKS: dict[str, TaskSpec] = {
             "denoiser",
             "SIDD smartphone image denoising (NAFNet, PSNR/SSIM)",
         ),
+        TaskSpec(
+            "gopro",
+            "restoration",
+            "ops.restoration.tasks:GOPRO",
+            "deblurrer",
+            "GOPRO camera-motion deblurring (NAFNet or a channel-attention transformer, PSNR/SSIM)",
+        ),
     )
 }
 

@@ -43,6 +43,24 @@ def tiny_params_dict(workdir: Path) -> dict:
     sidd["export"]["parity_images"] = 4
     sidd["evaluate"]["num_sample_images"] = 2
     sidd["benchmark"].update(sizes=[[64, 64]], runs=2, warmup=1)
+    gopro = raw["gopro"]
+    gopro["dataset"]["root"] = str(workdir / "data" / "gopro")
+    gopro["dataset"]["generator"].update(
+        num_train_sequences=2,
+        num_test_sequences=1,
+        frames_per_sequence=2,
+        image_width=64,
+        image_height=36,
+        blur_frames_min=3,
+        blur_frames_max=5,
+        moving_objects=2,
+    )
+    gopro["model"].update(width=8, enc_blocks=[1, 1], middle_blocks=1, dec_blocks=[1, 1])
+    gopro["train"].update(epochs=2, batch_size=4, crop_size=32, crops_per_epoch=16, device="cpu")
+    gopro["quantize"].update(calibration_images=8, calibration_crop=32)
+    gopro["export"]["parity_images"] = 2
+    gopro["evaluate"]["num_sample_images"] = 2
+    gopro["benchmark"].update(sizes=[[36, 64]], runs=2, warmup=1)
     # MLflow and DVC's remote in the test's directory, never the project's
     raw["tracking"].update(uri=None, store=str(workdir / "mlruns.db"), artifacts=str(workdir / "mlartifacts"))
     raw["storage"]["local_dir"] = str(workdir / "dvc-storage")

@@ -246,17 +246,42 @@ def _check_images(pairs: list[ImagePair]) -> list[str]:
         return [p for found in pool.map(_check_pair, pairs) for p in found]
 
 
+def _looks_like_sequence(folder: Path) -> bool:
+    return _SEQ_RE.match(folder.name) is not None or any(
+        (folder / sub).is_dir() for sub in (*BLUR_DIRS, SHARP_DIR)
+    )
+
+
 def _find_split(root: Path, folder: str) -> tuple[str, Path] | None:
     """(layout, split directory) under ``root``: ``GOPRO_Large/<folder>`` (root holding
-    GOPRO_Large or being it), else ``<folder>/{input,target}`` (flattened)."""
+    GOPRO_Large or being it), else ``<folder>/{input,target}`` (flattened).
+
+    A copy that mixes both conventions (official sequences beside ``input``/``target``
+    folders, or ``GOPRO_Large/`` beside a flattened tree) is refused: which pairs a user
+    meant cannot be guessed, and reading one half silently would train on part of the data."""
+    found: list[tuple[str, Path]] = []
     for base in (root / LARGE_DIR, root):
         split_dir = base / folder
         if not split_dir.is_dir():
             continue
-        if (split_dir / FLAT_INPUT).is_dir() or (split_dir / FLAT_TARGET).is_dir():
-            return "flattened", split_dir
-        return "official", split_dir
-    return None
+        flat = [d.name + "/" for d in (split_dir / FLAT_INPUT, split_dir / FLAT_TARGET) if d.is_dir()]
+        sequences = [
+            d.name
+            for d in split_dir.iterdir()
+            if d.is_dir() and d.name not in (FLAT_INPUT, FLAT_TARGET) and _looks_like_sequence(d)
+        ]
+        if flat and sequences:
+            raise DatasetError(
+                f"{split_dir} mixes GOPRO's two layouts: {' and '.join(flat)} (flattened) beside "
+                f"sequence folders ({_listing(sorted(sequences))}); keep one layout per copy"
+            )
+        found.append(("flattened" if flat else "official", split_dir))
+    if len(found) == 2 and found[0][0] != found[1][0]:
+        raise DatasetError(
+            f"{root} holds both {found[0][1]} ({found[0][0]} layout) and {found[1][1]} "
+            f"({found[1][0]} layout); keep one layout per copy"
+        )
+    return found[0] if found else None
 
 
 def load_gopro(

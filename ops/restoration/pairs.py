@@ -231,16 +231,25 @@ def _center_crop(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def plot_pair_samples(
-    samples: Sequence[tuple[np.ndarray, np.ndarray, dict[str, Any]]], path: Path, title: str, crop: int = 256
+    samples: Sequence[tuple[np.ndarray, np.ndarray, dict[str, Any]]],
+    path: Path,
+    title: str,
+    crop: int = 256,
+    label_keys: Sequence[str] = ("group", "phone", "iso"),
 ) -> Path:
-    """A grid: one row per sample, degraded | clean (centre crops of ``crop`` pixels)."""
+    """A grid: one row per sample, degraded | clean (centre crops of ``crop`` pixels), each
+    labelled with the ``label_keys`` values its info has."""
     from matplotlib.figure import Figure  # heavy import, kept off worker start-up
 
     rows = max(1, len(samples))
     fig = Figure(figsize=(6.4, 3.1 * rows))
     axes = fig.subplots(rows, 2, squeeze=False)
     for row, (degraded, clean, info) in enumerate(samples):
-        label = ", ".join(f"{k} {info[k]}" for k in ("group", "phone", "iso") if info.get(k) is not None)
+        parts: dict[Any, str] = {}  # by value: a sequence that is also the group is named once
+        for key in label_keys:
+            if info.get(key) is not None:
+                parts.setdefault(info[key], f"{key} {info[key]}")
+        label = ", ".join(parts.values())
         value = psnr(degraded, clean)
         axes[row, 0].imshow(_center_crop(degraded, crop), interpolation="nearest")
         axes[row, 0].set_title(f"degraded ({value:.2f} dB)\n{label}", fontsize=7)
@@ -350,6 +359,7 @@ def write_pair_report(
         grid,
         out_dir / f"samples_{split.name}.png",
         f"{split.name}: degraded | clean (PSNR of the degraded input)",
+        label_keys=("group", *group_keys),
     )
     report["files"] = {"json": str(json_path), "png": str(png_path)}
     json.dumps(report, allow_nan=False)  # strict JSON: no NaN/Infinity may reach the file

@@ -49,14 +49,16 @@ SPLITS = ("train", "val")
 class RestorationData(Protocol):
     """What differs between restoration tasks: where the pairs come from and how they are read."""
 
-    # Info keys the dataset report counts and bins by (SIDD: phone, ISO), the first one also
-    # breaks evaluation figures down (SIDD: per ISO).
+    # Info keys the dataset report counts and bins by (SIDD: phone, ISO; GOPRO: sequence, blur
+    # length); the last one also breaks evaluation figures down (per ISO, per blur length).
     group_keys: tuple[str, ...]
+    # The published model (ops.restoration.nafnet.PUBLISHED_SIZES) `benchmark --full-size` times.
+    full_size_model: str
 
     def prepare(self, dataset_cfg: Any) -> None:
         """Generate, download or check the dataset at ``dataset_cfg.root`` (DatasetError if unusable)."""
 
-    def load(self, root: Path, split: str, check_images: bool = True) -> PairSplit:
+    def load(self, dataset_cfg: Any, split: str, check_images: bool = True) -> PairSplit:
         """The ``train`` or ``val`` split, validated (every offending item in one DatasetError)."""
 
 
@@ -113,7 +115,7 @@ class RestorationSteps:
         return TaskLayout.for_task(params, self.task)
 
     def split(self, params: Params, name: str, check_images: bool = True) -> PairSplit:
-        return self.data.load(self.cfg(params).dataset.root, name, check_images=check_images)
+        return self.data.load(self.cfg(params).dataset, name, check_images=check_images)
 
     def _validation_batches(self, params: Params, count: int) -> list[np.ndarray]:
         """The first ``count`` validation samples as float batches (equal sizes batch together)."""
@@ -139,7 +141,7 @@ class RestorationSteps:
         layout = self.layout(params)
         return {
             split: write_pair_report(
-                self.data.load(cfg.dataset.root, split), layout.dataset_report, self.data.group_keys
+                self.data.load(cfg.dataset, split), layout.dataset_report, self.data.group_keys
             )
             for split in SPLITS
         }
@@ -409,7 +411,7 @@ class RestorationSteps:
     def benchmark(self, params: Params, full_size: bool = False) -> dict[str, Any]:
         """Latency of every backend at each configured size, side by side in one run.
 
-        With ``full_size`` NAFNet-w32 in the SIDD configuration (untrained) is measured instead
+        With ``full_size`` the task's published NAFNet-w32 configuration (untrained) is measured instead
         of the trained model: exported and quantised (calibrated on training crops) in a
         temporary directory, speed only."""
         import torch
@@ -422,7 +424,7 @@ class RestorationSteps:
         with tempfile.TemporaryDirectory(prefix="benchmark-") as tmp:
             if full_size:
                 torch.manual_seed(cfg.train.seed)
-                model = NAFNet(NAFNetConfig.sidd(width=32)).eval()
+                model = NAFNet(NAFNetConfig.published(self.data.full_size_model)).eval()
                 onnx_path, int8_path = Path(tmp) / "model.onnx", Path(tmp) / "model_int8.onnx"
                 export_onnx(model, self._metadata(model), onnx_path, opset=cfg.export.opset)
                 quantize_int8(
@@ -432,7 +434,7 @@ class RestorationSteps:
                     self.quantize_settings(params),
                     metadata_type=RestorerMetadata,
                 )
-                name = "NAFNet-w32 (SIDD configuration, untrained)"
+                name = f"{self.data.full_size_model} (untrained)"
             else:
                 model = load_restorer(layout.weights, cfg.model).model
                 onnx_path, int8_path = layout.onnx, layout.onnx_int8

@@ -65,7 +65,7 @@ def test_every_asset_materialises_with_its_checks(graph, instance):
     params_path, summary, _ = graph
     assert summary.success, summary.errors
     materialized = _materializations(instance, summary.run_id)
-    assert set(materialized) == {f"{task}/{stage}" for task in ("traffic", "sidd") for stage in STAGES}
+    assert set(materialized) == {f"{task}/{stage}" for task in ("traffic", "sidd", "gopro") for stage in STAGES}
     checks = _checks(instance, summary.run_id)
     assert set(checks) == {
         "integrity",
@@ -230,3 +230,22 @@ def test_the_sidd_chain_materialises_with_its_gates_and_release(graph, instance)
         (params_path.parent / "artifacts" / "sidd" / "metrics" / "onnx-int8.json").read_text()
     )
     assert {"psnr", "ssim", "psnr_input", "ssim_input", "per_iso", "ssim_settings"} <= set(metrics)
+
+
+def test_the_gopro_chain_is_the_same_factory_with_its_own_data(graph, instance):
+    params_path, summary, _ = graph
+    meta = {key: m.metadata for key, m in _materializations(instance, summary.run_id).items()}
+    checks = _checks(instance, summary.run_id, "gopro")
+    assert set(checks) == set(_checks(instance, summary.run_id, "sidd"))
+    assert all(check.passed for check in checks.values())
+    assert meta["gopro/dataset"]["train_pairs"].value == 4  # 2 sequences x 2 frames
+    assert meta["gopro/dataset"]["val_samples"].value == 2
+    assert 10 < meta["gopro/dataset"]["val_psnr_input"].value < 45
+    assert meta["gopro/onnx"]["registered_onnx"].value.startswith("gopro-deblurrer-onnx v")
+    assert meta["gopro/release"]["decision"].value == "promoted"
+    metrics = json.loads(
+        (params_path.parent / "artifacts" / "gopro" / "metrics" / "onnx-int8.json").read_text()
+    )
+    # generated frames know how many sharp frames each blurred one averages (3-5 in the tiny config)
+    assert set(metrics["per_blur_frames"]) <= {"3", "4", "5"}
+    assert sum(b["num_samples"] for b in metrics["per_blur_frames"].values()) == 2

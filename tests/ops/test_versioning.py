@@ -92,6 +92,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> dict:
     raw["traffic"]["dataset"]["root"] = "data/traffic"
     raw["sidd"]["dataset"]["root"] = "data/sidd"
     raw["sidd"]["train"]["epochs"] = 1
+    raw["gopro"]["dataset"]["root"] = "data/gopro"
+    raw["gopro"]["train"]["epochs"] = 1
     raw["traffic"]["train"]["epochs"] = 1
     raw["traffic"]["export"]["parity_images"] = 4
     raw["traffic"]["quantize"]["calibration_images"] = 4
@@ -142,6 +144,7 @@ def test_metrics_and_plots_are_shown_by_dvc(repo):
     sidd = data["artifacts/sidd/metrics/onnx-int8.json"]["data"]
     assert sidd["psnr_input"] > 0 and "psnr" in sidd
     assert "artifacts/sidd/eval/onnx-int8/samples.png" in plots
+    assert data["artifacts/gopro/metrics/onnx-int8.json"]["data"]["psnr_input"] > 0
 
 
 @pytest.mark.slow

@@ -35,8 +35,10 @@ def test_every_gate_and_the_dataset_are_checked_and_the_checks_block():
         ),
     }
     assert {key for key in checks if key.asset_key.path[0] == "traffic"} == expected
-    sidd = {key.name for key in checks if key.asset_key.path[0] == "sidd"}
-    assert sidd == {
+    restoration = {
+        task: {key.name for key in checks if key.asset_key.path[0] == task} for task in ("sidd", "gopro")
+    }
+    assert restoration["sidd"] == restoration["gopro"] == {
         "integrity",
         "parity",
         "output_psnr_onnx",

@@ -312,3 +312,17 @@ def test_missing_and_empty_splits(copy: Path, tmp_path: Path) -> None:
     (_sequences(copy, "train")[0] / "blur_gamma").rename(copy / "elsewhere")
     with pytest.raises(DatasetError, match="no blur_gamma/ folder .* load with blur='blur'"):
         load_gopro(copy, "train", blur="blur_gamma")
+
+
+def test_a_copy_mixing_both_layouts_is_refused(copy: Path) -> None:
+    test_dir = copy / "GOPRO_Large" / "test"
+    (test_dir / "input").mkdir()
+    with pytest.raises(DatasetError, match="mixes GOPRO's two layouts: input/ .* beside sequence folders"):
+        load_gopro(copy, "val")
+    (test_dir / "input").rmdir()
+    (copy / "test" / "input").mkdir(parents=True)
+    (copy / "test" / "target").mkdir()
+    with pytest.raises(DatasetError, match="holds both .*official layout.*flattened layout"):
+        load_gopro(copy, "val")
+    shutil.rmtree(copy / "test")
+    assert load_gopro(copy, "val", check_images=False).num_pairs > 0
