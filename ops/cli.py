@@ -66,10 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="generate or locate a dataset, validate it, write its report",
         description="Write the procedural dataset (dataset.source: generate), fetch an archive "
         "(download, restoration tasks) or check an existing copy in the official layout (local: "
-        "COCO for traffic, SIDD-Small/Medium + validation blocks for sidd), validate every file of "
-        "both splits (all offending items in one error), and write a report to "
-        "artifacts/<task>/dataset/ (traffic: counts per class, box sizes; sidd: pairs per phone "
-        "and ISO, noisy-input PSNR/SSIM per ISO, sample pairs).",
+        "COCO for traffic, SIDD-Small/Medium + validation blocks for sidd, GOPRO_Large or the "
+        "flattened input/target tree for gopro), validate every file of both splits (all offending "
+        "items in one error), and write a report to artifacts/<task>/dataset/ (traffic: counts per "
+        "class, box sizes; sidd: pairs per phone and ISO, noisy-input PSNR/SSIM per ISO; gopro: pairs "
+        "per sequence, blurred-input PSNR/SSIM per blur length; sample pairs).",
     )
     ingest.add_argument("task", choices=TASKS, help="which task's dataset")
 

@@ -513,16 +513,10 @@ def render_sequence(cfg: GoproGeneratorConfig, seq: PlannedSequence) -> Iterable
         num_vehicles=max(1, cfg.moving_objects),
     )
     clip.vehicles = clip.vehicles[: cfg.moving_objects]
-    out_size = (cfg.image_width, cfg.image_height)
 
     def shot(t: float) -> np.ndarray:
-        return cv2.warpAffine(
-            clip.frame(t),  # type: ignore[arg-type]  # fractional times move vehicles part-way
-            camera.matrix(t, src_size),
-            out_size,
-            flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
-            borderMode=cv2.BORDER_REFLECT101,
-        )
+        # fractional times move vehicles part-way
+        return _film(clip.frame(t), camera, t)  # type: ignore[arg-type]
 
     start = 0
     for n, t_mid in zip(seq.blur_frames, sharp_times, strict=True):
@@ -537,6 +531,43 @@ def render_sequence(cfg: GoproGeneratorConfig, seq: PlannedSequence) -> Iterable
             sharp_time=t_mid,
         )
         start += n
+
+
+def _film(source: np.ndarray, camera: CameraPath, t: float) -> np.ndarray:
+    """What the camera sees of ``source`` at time ``t`` (bicubic, sub-pixel)."""
+    size = (source.shape[1], source.shape[0])
+    return cv2.warpAffine(
+        source,
+        camera.matrix(t, size),
+        camera.out_size,
+        flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REFLECT101,
+    )
+
+
+def film_still(
+    image: np.ndarray, cfg: GoproGeneratorConfig, seed: int, blur_frames: int, *, linear: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """(blurred, sharp) of a still photograph filmed by the generator's hand-held camera: the
+    recipe of :func:`render_sequence` with the photograph as the scene (no moving objects).
+
+    ``image`` (uint8 RGB) must cover the output (``cfg.image_width`` x ``cfg.image_height``)
+    plus :func:`source_margins` on each side. Used to ask whether a deblurrer trained on
+    generated scenes also deblurs real photographs."""
+    mx, my = source_margins(cfg)
+    need = (cfg.image_height + 2 * my, cfg.image_width + 2 * mx)
+    if image.shape[0] < need[0] or image.shape[1] < need[1]:
+        raise ValueError(
+            f"a {image.shape[1]}x{image.shape[0]} image cannot be filmed at {cfg.image_width}x"
+            f"{cfg.image_height}: it needs {need[1]}x{need[0]} (the camera's reach)"
+        )
+    y, x = (image.shape[0] - need[0]) // 2, (image.shape[1] - need[1]) // 2
+    source = np.ascontiguousarray(image[y : y + need[0], x : x + need[1], :3])
+    camera = CameraPath(_rng(seed, _CAMERA_STREAM), cfg)
+    frames = [_film(source, camera, float(t)) for t in range(blur_frames)]
+    t_mid = (blur_frames - 1) / 2
+    sharp = frames[(blur_frames - 1) // 2] if blur_frames % 2 else _film(source, camera, t_mid)
+    return average_frames(frames, linear=linear), sharp
 
 
 def frame_name(number: int) -> str:

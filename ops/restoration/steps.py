@@ -35,7 +35,8 @@ from ops.gates import Gate, all_passed, drop_gate, minimum_gate, skipped_gate
 from ops.io import sha256_file, write_json
 from ops.layout import TaskLayout
 from ops.restoration.evaluate import evaluate_restorer
-from ops.restoration.nafnet import NAFNet, NAFNetConfig, conv_macs
+from ops.restoration.models import architecture_name, restorer_macs
+from ops.restoration.nafnet import NAFNet, NAFNetConfig
 from ops.restoration.pairs import PairSplit, read_rgb8, write_pair_report
 from ops.restoration.training import load_restorer, to_tensor, train_restorer
 from ops.stages import CPU_BACKENDS, Plot, Stage, deployable_artefacts
@@ -204,7 +205,7 @@ class RestorationSteps:
             params, TorchPredictor(bundle.model, contract=RESTORER), self.split(params, split)
         )
 
-    def _metadata(self, model: NAFNet) -> RestorerMetadata:
+    def _metadata(self, model: Any) -> RestorerMetadata:
         return RestorerMetadata(task=self.task, pad_multiple=int(model.pad_multiple))
 
     def export(self, params: Params) -> dict[str, Any]:
@@ -438,7 +439,7 @@ class RestorationSteps:
             else:
                 model = load_restorer(layout.weights, cfg.model).model
                 onnx_path, int8_path = layout.onnx, layout.onnx_int8
-                name = f"trained NAFNet width {cfg.model.width}"
+                name = f"trained {architecture_name(cfg.model)} width {cfg.model.width}"
                 for backend in ("pytorch", "onnx", "onnx-int8"):
                     if layout.metrics(backend).is_file():
                         quality[backend] = json.loads(layout.metrics(backend).read_text())["psnr"]
@@ -462,7 +463,7 @@ class RestorationSteps:
             rng = np.random.default_rng(0)
             for height, width in bench.sizes:
                 batch = rng.random((1, 3, height, width), dtype=np.float32)
-                gmacs = conv_macs(model, height, width) / 1e9
+                gmacs = restorer_macs(model, height, width) / 1e9
                 log.info(
                     "benchmarking %s at %dx%d, %d threads",
                     ", ".join(predictors),

@@ -19,7 +19,9 @@ def fetch_or_find(task: str, cfg: Any) -> None:
     ``cfg.root``; ``local``: the copy at ``cfg.root`` must exist. Loading validates the files."""
     if cfg.source == "download":
         if not cfg.download.url:
-            raise DatasetError(f"{task}.dataset.source is 'download' but {task}.dataset.download.url is not set")
+            raise DatasetError(
+                f"{task}.dataset.source is 'download' but {task}.dataset.download.url is not set"
+            )
         fetch_archive(
             cfg.download.url,
             cfg.download.sha256,

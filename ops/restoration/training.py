@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from ops.config import RestorationTrainConfig, RestorerConfig
 from ops.errors import DatasetError
 from ops.io import atomic_path, write_json
-from ops.restoration.nafnet import NAFNet, NAFNetConfig
+from ops.restoration.models import architecture_name, build_restorer
 from ops.restoration.pairs import PairSplit, read_rgb8
 from ops.train import (
     CHECKPOINT_FORMAT,
@@ -121,28 +121,23 @@ def restoration_loss(cfg: RestorationTrainConfig) -> LossFn:
 
 
 def restorer_signature(model_cfg: RestorerConfig) -> dict[str, Any]:
-    """What a checkpoint must match to be loaded into the model built from this config."""
-    return {"architecture": "NAFNet", "model": model_cfg.model_dump(mode="json")}
+    """What a checkpoint must match to be loaded into the model built from this config.
 
-
-def build_restorer(model_cfg: RestorerConfig) -> NAFNet:
-    return NAFNet(
-        NAFNetConfig(
-            width=model_cfg.width,
-            enc_blocks=tuple(model_cfg.enc_blocks),
-            middle_blocks=model_cfg.middle_blocks,
-            dec_blocks=tuple(model_cfg.dec_blocks),
-        )
-    )
+    Fields left at their defaults are not written, so checkpoints written before a field was
+    added (``heads``, ``ffn_expand``) still match the configs they were trained with."""
+    return {
+        "architecture": architecture_name(model_cfg),
+        "model": model_cfg.model_dump(mode="json", exclude_defaults=True),
+    }
 
 
 @dataclass
 class RestorerBundle:
-    model: NAFNet
+    model: torch.nn.Module
     model_cfg: RestorerConfig
 
 
-def save_restorer(path: Path, model: NAFNet, model_cfg: RestorerConfig) -> Path:
+def save_restorer(path: Path, model: torch.nn.Module, model_cfg: RestorerConfig) -> Path:
     """The released weights: model state and signature, no optimiser."""
     state = {
         "format": CHECKPOINT_FORMAT,
@@ -194,7 +189,8 @@ def train_restorer(
         train_cfg.seed,
     )
     log.info(
-        "training NAFNet (width %d, enc %s, middle %d) on %d pairs, %d crops of %d px per epoch",
+        "training %s (width %d, enc %s, middle %d) on %d pairs, %d crops of %d px per epoch",
+        architecture_name(model_cfg),
         model_cfg.width,
         model_cfg.enc_blocks,
         model_cfg.middle_blocks,

@@ -12,6 +12,7 @@ from dagster import AssetKey, DagsterEventType, DagsterInstance, instance_for_te
 from assets.versioning import dataset_content_hash
 from ops.config import load_params
 from ops.layout import TaskLayout
+from ops.tasks import TASKS
 from pipelines.definitions import defs
 from pipelines.demo import RunSummary, format_summary, run_graph
 from tests.conftest import tiny_params_dict, write_params
@@ -65,7 +66,7 @@ def test_every_asset_materialises_with_its_checks(graph, instance):
     params_path, summary, _ = graph
     assert summary.success, summary.errors
     materialized = _materializations(instance, summary.run_id)
-    assert set(materialized) == {f"{task}/{stage}" for task in ("traffic", "sidd", "gopro") for stage in STAGES}
+    assert set(materialized) == {f"{task}/{stage}" for task in TASKS for stage in STAGES}
     checks = _checks(instance, summary.run_id)
     assert set(checks) == {
         "integrity",

@@ -38,15 +38,19 @@ def test_every_gate_and_the_dataset_are_checked_and_the_checks_block():
     restoration = {
         task: {key.name for key in checks if key.asset_key.path[0] == task} for task in ("sidd", "gopro")
     }
-    assert restoration["sidd"] == restoration["gopro"] == {
-        "integrity",
-        "parity",
-        "output_psnr_onnx",
-        "psnr_drop_onnx",
-        "psnr_drop_onnx_int8",
-        "psnr_drop_trt_fp16",
-        "psnr_drop_trt_int8",
-    }
+    assert (
+        restoration["sidd"]
+        == restoration["gopro"]
+        == {
+            "integrity",
+            "parity",
+            "output_psnr_onnx",
+            "psnr_drop_onnx",
+            "psnr_drop_onnx_int8",
+            "psnr_drop_trt_fp16",
+            "psnr_drop_trt_int8",
+        }
+    )
     assert all(spec.blocking for spec in checks.values())
 
 

@@ -21,6 +21,7 @@ from ops.restoration.gopro import (
     LARGE_DIR,
     SIDECAR,
     average_frames,
+    film_still,
     generate_gopro_dataset,
     load_gopro,
     plan_sequences,
@@ -326,3 +327,18 @@ def test_a_copy_mixing_both_layouts_is_refused(copy: Path) -> None:
         load_gopro(copy, "val")
     shutil.rmtree(copy / "test")
     assert load_gopro(copy, "val", check_images=False).num_pairs > 0
+
+
+def test_a_still_photograph_is_blurred_by_the_same_camera() -> None:
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 256, (20, 25, 3), dtype=np.uint8)  # a photograph full of edges
+    photo = cv2.resize(blocks, (200, 160), interpolation=cv2.INTER_NEAREST)
+    blurred, sharp = film_still(photo, CFG, seed=1, blur_frames=9)
+    assert blurred.shape == sharp.shape == (CFG.image_height, CFG.image_width, 3)
+    assert psnr(blurred, sharp) < 36  # the camera moved during the exposure
+    longer = film_still(photo, CFG, seed=1, blur_frames=13)
+    assert psnr(longer[0], longer[1]) < psnr(blurred, sharp)  # a longer exposure, more blur
+    again = film_still(photo, CFG, seed=1, blur_frames=9)
+    assert np.array_equal(again[0], blurred) and np.array_equal(again[1], sharp)
+    with pytest.raises(ValueError, match="needs .* \\(the camera's reach\\)"):
+        film_still(photo[:40, :40], CFG, seed=1, blur_frames=9)

@@ -24,9 +24,11 @@ from ops.restoration.training import (
     build_restorer,
     load_restorer,
     psnr_loss,
+    restorer_signature,
     save_restorer,
     to_tensor,
 )
+from ops.restoration.transformer import TransformerRestorer
 from tests.conftest import run_cli, tiny_params_dict, write_params
 
 TINY = RestorerConfig(arch="nafnet", width=4, enc_blocks=[1], middle_blocks=1, dec_blocks=[1])
@@ -73,6 +75,34 @@ def test_a_checkpoint_of_another_width_is_refused_naming_the_difference(tmp_path
         load_restorer(path, wider)
     assert "'width': 4" in str(error.value) and "'width': 8" in str(error.value)
     assert load_restorer(path, TINY).model_cfg == TINY
+
+
+TINY_TRANSFORMER = RestorerConfig(
+    arch="transformer", width=4, enc_blocks=[1], middle_blocks=1, dec_blocks=[1], heads=[1, 2]
+)
+
+
+def test_the_arch_picks_the_network_and_a_checkpoint_of_the_other_is_refused(tmp_path):
+    cnn, transformer = build_restorer(TINY), build_restorer(TINY_TRANSFORMER)
+    assert isinstance(cnn, NAFNet) and isinstance(transformer, TransformerRestorer)
+    path = save_restorer(tmp_path / "transformer.pt", transformer, TINY_TRANSFORMER)
+    with pytest.raises(CheckpointError, match="different model config") as error:
+        load_restorer(path, TINY)  # a transformer's weights under a CNN config
+    assert "ChannelAttentionTransformer" in str(error.value) and "NAFNet" in str(error.value)
+    loaded = load_restorer(path)  # without a config, the file says what it holds
+    assert isinstance(loaded.model, TransformerRestorer) and loaded.model_cfg == TINY_TRANSFORMER
+    image = torch.rand(1, 3, 13, 9)  # odd, and smaller than nothing: still the input's shape
+    assert loaded.model(image).shape == image.shape
+
+
+def test_restorer_config_names_what_each_arch_needs():
+    with pytest.raises(ValueError, match="arch 'transformer' needs heads"):
+        RestorerConfig(arch="transformer", width=4, enc_blocks=[1], middle_blocks=1, dec_blocks=[1])
+    with pytest.raises(ValueError, match="heads applies to arch 'transformer' only"):
+        RestorerConfig(arch="nafnet", width=4, enc_blocks=[1], middle_blocks=1, dec_blocks=[1], heads=[1, 1])
+    # NAFNet checkpoints written before heads/ffn_expand existed keep their signature
+    fields = set(restorer_signature(TINY)["model"])
+    assert fields == {"arch", "width", "enc_blocks", "middle_blocks", "dec_blocks"}
 
 
 class _Oracle:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ops.deploy.export import RestorerMetadata, export_onnx
+from ops.deploy.export import RestorerMetadata, export_onnx, read_onnx_contract
 from ops.deploy.optimize import QuantizeSettings, quantize_int8
 from ops.deploy.runtime import RESTORER, OnnxRuntimePredictor, TorchPredictor
 from ops.restoration.nafnet import RestorerConfigError, conv_macs, count_parameters
@@ -28,6 +29,17 @@ EXPORTED = TransformerConfig(width=8, enc_blocks=(1, 1), middle_blocks=1, dec_bl
 # convolutions only (its ptflops count leaves out the attention's matrix products).
 RESTORMER_MILLIONS_OF_PARAMETERS = 26.13
 RESTORMER_CONV_GMACS_256 = 140.99
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """The models here are tiny, so a second thread adds synchronisation rather than speed, and
+    while another process keeps the cores busy, far more than that (measured: the training test
+    took 0.7 s on one thread and 57 s on two beside a running training job)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def randomise_temperatures(model: torch.nn.Module) -> None:
@@ -72,7 +84,7 @@ def test_config_defaults_and_published_restormer() -> None:
     ("kwargs", "message"),
     [
         ({"enc_blocks": (1, 1), "dec_blocks": (1, 1, 1)}, "one entry per level"),
-        ({"heads": (3, 2, 4, 8)}, r"heads\[0\] = 3 does not divide the 8 channels of level 0"),
+        ({"heads": (3, 2, 4, 8)}, r"heads\[0\] = 3 does not divide the 16 channels of level 0"),
         ({"width": 4, "heads": (1, 2, 4, 64)}, r"heads\[3\] = 64 does not divide the 32 channels"),
         ({"heads": (1, 2, 4)}, "must be 4 integers"),
         ({"heads": (1, 0, 4, 8)}, "must be 4 integers"),
@@ -134,8 +146,8 @@ def test_wrong_input_shape_raises_value_error(
 
 
 def test_training_steps_reduce_the_loss() -> None:
-    """30 Adam steps on one fixed blurred -> sharp pair: the model fits it (measured: L1 0.245
-    -> 0.179 in 30 steps; the blurred input itself scores 0.241)."""
+    """30 Adam steps on one fixed blurred -> sharp pair: the model fits it (measured: L1 0.261
+    -> 0.133 in 30 steps; the blurred input itself scores 0.247)."""
     torch.manual_seed(0)
     model = TransformerRestorer(width=8, enc_blocks=(1,), middle_blocks=1, dec_blocks=(1,), heads=(1, 2))
     sharp = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -166,7 +178,7 @@ def test_attention_macs_count_both_products_of_every_head() -> None:
     model = TransformerRestorer(width=8, enc_blocks=(1,), middle_blocks=1, dec_blocks=(1,), heads=(1, 2))
     expected = 2 * (1 * 8 * 8 * 32 * 32 + 2 * 8 * 8 * 16 * 16 + 1 * 16 * 16 * 32 * 32)
     assert attention_macs(model, 32, 32) == expected
-    assert attention_macs(model, 31, 30) == expected  # padded to 32x32 first
+    assert attention_macs(model, 31, 31) == expected  # padded to 32x32 first
 
 
 def test_cost_is_linear_in_the_pixels(tiny_model: TransformerRestorer) -> None:
@@ -220,6 +232,9 @@ def test_onnx_export_dynamic_height_and_width_matches_pytorch(
     exported: tuple[TransformerRestorer, Path],
 ) -> None:
     model, path = exported
+    contract = read_onnx_contract(path, RestorerMetadata)
+    assert contract.input_chw == (3, None, None) and contract.input_batch is None
+    assert contract.metadata == RestorerMetadata(task="gopro", pad_multiple=4)
     reference = TorchPredictor(model, contract=RESTORER)
     session = OnnxRuntimePredictor(path, contract=RESTORER)
     rng = np.random.default_rng(0)
