@@ -210,7 +210,7 @@ class GatedFeedForward(nn.Module):
     """Restormer's GDFN: 1x1 (c -> 2 hidden) -> 3x3 depthwise -> ``gelu(x1) * x2`` -> 1x1 back.
 
     The exact (erf) GELU, as in Restormer; ONNX opset 18 has no Gelu operator, so it exports
-    as Erf arithmetic, which ONNX Runtime fuses back into one Gelu kernel.
+    as Erf arithmetic.
     """
 
     def __init__(self, channels: int, expand: float) -> None:
@@ -267,8 +267,9 @@ class TransformerRestorer(nn.Module):
     at full resolution, where the decoder and the refinement blocks work on both (2 x width
     channels), exactly as Restormer does. Keeping Restormer's skeleton rather than NAFNet's
     additive skips makes ``TransformerConfig.restormer()`` the published network, so its
-    published size checks this implementation; the price is that the full-resolution
-    decoder costs about four blocks at ``width``, which matters for small configurations.
+    published size checks this implementation; the price is that a full-resolution decoder
+    block costs about four blocks at ``width`` (MACs grow with channels squared), which is
+    why small configurations end ``dec_blocks`` with 0.
 
     ``TransformerRestorer()`` is a small three-level model at width 16; pass a
     :class:`TransformerConfig`, keyword overrides, or both. ``forward`` takes a float
