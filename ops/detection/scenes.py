@@ -1815,7 +1815,9 @@ def _illumination(scene: _Scene, kept: list[_Object]) -> np.ndarray:
     )
 
 
-def _light_and_sensor(scene: _Scene, img: np.ndarray, kept: list[_Object]) -> np.ndarray:
+def _light_and_sensor(
+    scene: _Scene, img: np.ndarray, kept: list[_Object], sensor_noise: bool = True
+) -> np.ndarray:
     rng = scene.rng
     H, W = scene.H, scene.W
     cast = np.array(
@@ -1856,6 +1858,8 @@ def _light_and_sensor(scene: _Scene, img: np.ndarray, kept: list[_Object]) -> np
         rot = cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), float(rng.uniform(0, 180)), 1.0)
         kernel = cv2.warpAffine(kernel, rot, (k, k))
         out = cv2.filter2D(out, -1, kernel / max(float(kernel.sum()), 1e-6))
+    if not sensor_noise:  # the scene as it is, e.g. a deblurring target (ops.restoration.gopro)
+        return np.clip(out, 0, 255, out=out).astype(np.uint8)
     sigma = float(rng.uniform(1.5, 6.0)) * (1.4 if scene.time == 3 else 1.0)
     if H <= _NOISE_BANK and W <= _NOISE_BANK:
         oy, ox = (

@@ -184,8 +184,9 @@ class TrafficClip:
             lights=np.array([pose(np.array([light]), 0.8)[0] for light in shape.lights]),
         )
 
-    def frame(self, index: int) -> np.ndarray:
-        """Frame ``index`` (0-based) as an (H, W, 3) uint8 RGB image."""
+    def frame(self, index: int, sensor_noise: bool = True) -> np.ndarray:
+        """Frame ``index`` (0-based) as an (H, W, 3) uint8 RGB image; ``sensor_noise=False``
+        leaves out the sensor's noise (everything else, optics included, is the same)."""
         scene = self.scene
         drawn = [d for v in self.vehicles if (d := self._pose(v, index)) is not None]
         shadow = self.tree_shadow.copy()
@@ -199,7 +200,7 @@ class TrafficClip:
             _draw_ops(image, vehicle.ops, 0, 0)
         scene.rng = np.random.default_rng(self.light_seed)
         lit = [SimpleNamespace(lights=vehicle.lights) for vehicle in drawn]
-        return _light_and_sensor(scene, image, lit)  # type: ignore[arg-type]
+        return _light_and_sensor(scene, image, lit, sensor_noise)  # type: ignore[arg-type]
 
     def frames(self, count: int) -> Iterator[np.ndarray]:
         for index in range(count):
