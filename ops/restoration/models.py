@@ -1,8 +1,8 @@
 """The restoration networks by ``model.arch``: how a :class:`~ops.config.RestorerConfig` builds
 one, what a checkpoint records about it, and what one forward pass costs.
 
-Every caller (training, export, INT8, the benchmark) goes through here, so an architecture
-is added in one place and none of them asks which one it holds.
+Training, checkpoint loading and the benchmark go through here (export and INT8 take any
+module), so an architecture is added in one place and no caller asks which one it holds.
 """
 
 from __future__ import annotations
