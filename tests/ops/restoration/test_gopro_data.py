@@ -342,3 +342,18 @@ def test_a_still_photograph_is_blurred_by_the_same_camera() -> None:
     assert np.array_equal(again[0], blurred) and np.array_equal(again[1], sharp)
     with pytest.raises(ValueError, match="needs .* \\(the camera's reach\\)"):
         film_still(photo[:40, :40], CFG, seed=1, blur_frames=9)
+
+
+def test_a_local_or_download_source_without_its_data_is_named(tmp_path: Path) -> None:
+    from ops.config import DownloadConfig, GoproDatasetConfig
+    from ops.restoration.tasks import GoproData
+
+    download = DownloadConfig(url=None, sha256=None, max_bytes=1 << 20)
+    local = GoproDatasetConfig(
+        source="local", root=tmp_path / "missing", blur="blur", download=download, generator=CFG
+    )
+    with pytest.raises(DatasetError, match="gopro.dataset.source is 'local' but .*missing does not exist"):
+        GoproData().prepare(local)
+    fetch = local.model_copy(update={"source": "download"})
+    with pytest.raises(DatasetError, match="gopro.dataset.download.url is not set"):
+        GoproData().prepare(fetch)
