@@ -38,6 +38,7 @@ parameters instead of 29.2 M.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -337,14 +338,31 @@ def conv_macs(model: nn.Module, height: int, width: int) -> int:
     A model built on the ``meta`` device (``with torch.device("meta"): NAFNet(...)``) is
     counted on shapes alone, exactly and in milliseconds per layer, even at 1280x720.
     """
+
+    def count(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> int:
+        kh, kw = module.kernel_size
+        return output.numel() * (module.in_channels // module.groups) * kh * kw
+
+    return hooked_macs(model, nn.Conv2d, count, height, width)
+
+
+def hooked_macs(
+    model: nn.Module,
+    module_type: type[nn.Module],
+    count: Callable[[nn.Module, tuple[Tensor, ...], Tensor], int],
+    height: int,
+    width: int,
+) -> int:
+    """The sum of ``count(module, inputs, output)`` over every ``module_type`` module in one
+    batch-1 forward pass of ``model`` at ``height`` x ``width`` (eval mode, no gradients;
+    the model's mode is restored). The counters of conv and attention MACs share it."""
     macs = 0
 
     def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
         nonlocal macs
-        kh, kw = module.kernel_size
-        macs += output.numel() * (module.in_channels // module.groups) * kh * kw
+        macs += count(module, inputs, output)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, module_type)]
     reference = next(model.parameters())
     channels = getattr(getattr(model, "config", None), "in_channels", 3)
     was_training = model.training

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ops.io import is_int
-from ops.restoration.nafnet import LayerNorm2d, RestorerConfigError, _pad
+from ops.restoration.nafnet import LayerNorm2d, RestorerConfigError, _pad, hooked_macs
 
 # Restormer's WithBias_LayerNorm epsilon (nn.LayerNorm's default), not NAFNet's 1e-6.
 RESTORMER_LAYER_NORM_EPS = 1e-5
@@ -362,22 +362,6 @@ def attention_macs(model: nn.Module, height: int, width: int) -> int:
     are ``conv_macs + attention_macs``. Softmax, normalisation and GELU are left out. Works
     on a model built on the ``meta`` device, on shapes alone, at any size.
     """
-    macs = 0
-
-    def hook(module: ChannelAttention, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        nonlocal macs
-        macs += module.matmul_macs(inputs[0])
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, ChannelAttention)]
-    reference = next(model.parameters())
-    channels = getattr(getattr(model, "config", None), "in_channels", 3)
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, channels, height, width, dtype=reference.dtype, device=reference.device))
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return macs
+    return hooked_macs(
+        model, ChannelAttention, lambda module, inputs, output: module.matmul_macs(inputs[0]), height, width
+    )
