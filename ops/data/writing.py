@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import errno
 import json
+import multiprocessing
 import os
 import secrets
 import shutil
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +82,60 @@ def save_bytes(path: Path, data: bytes) -> None:
         if exc.errno == errno.ENOSPC:
             raise DatasetError(f"no space left on device while writing {path}") from exc
         raise DatasetError(f"could not write {path}: {exc.strerror or exc}") from exc
+
+
+def keep_generated(
+    root: Path, stamp: dict[str, Any], complete: Callable[[Path], bool], generator: str
+) -> bool:
+    """Whether ``root`` already holds what ``stamp`` describes (then it is kept as is).
+
+    A missing or empty root, or one this generator wrote with another configuration, is to be
+    (re)generated; a file, or a directory of files no generator wrote, is refused."""
+    if not root.exists():
+        return False
+    if not root.is_dir():
+        raise DatasetError(f"dataset root {root} exists and is not a directory")
+    existing = read_stamp(root)
+    if existing == stamp and complete(root):
+        return True
+    if existing is None and any(root.iterdir()):
+        raise DatasetError(
+            f"{root} holds files the {generator} generator did not write (no {STAMP_NAME}); "
+            "refusing to replace it: choose an empty or new directory"
+        )
+    return False
+
+
+@contextmanager
+def staged_generation(root: Path, workers: int) -> Iterator[tuple[Path, Executor | None]]:
+    """A hidden directory beside ``root`` to generate into, and a pool of ``workers`` spawned
+    processes (None for one): on a clean exit the directory replaces ``root``
+    (:func:`swap_into_place`); on any failure it is removed and ``root`` is left as it was.
+    A full disk is one :class:`DatasetError`."""
+    tmp: Path | None = None
+    pool: Executor | None = None
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = sibling_dir(root, "tmp")
+        # Spawned, not forked: the caller (a Dagster run, a training process) may hold
+        # threads whose locks a forked child would inherit mid-use.
+        if workers > 1:
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        yield tmp, pool
+        swap_into_place(tmp, root)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DatasetError(f"no space left on device while writing {exc.filename or tmp}") from exc
+        raise
+    finally:
+        if pool is not None:  # no worker may still write into tmp once it is removed
+            pool.shutdown(wait=True, cancel_futures=True)
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def pool_map(
+    pool: Executor | None, fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int = 1
+) -> Iterable[Any]:
+    """``pool.map`` with a pool, the builtin ``map`` in this process without one."""
+    return pool.map(fn, *iterables, chunksize=chunksize) if pool is not None else map(fn, *iterables)

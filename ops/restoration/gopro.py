@@ -32,16 +32,13 @@ offending item, before any training starts.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import math
-import multiprocessing
 import os
 import re
-import shutil
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -54,11 +51,11 @@ from ops.config import GoproGeneratorConfig
 from ops.data.writing import (
     STAMP_NAME,
     default_workers,
+    keep_generated,
+    pool_map,
     problem_error,
-    read_stamp,
     save_bytes,
-    sibling_dir,
-    swap_into_place,
+    staged_generation,
 )
 from ops.errors import DatasetError
 from ops.restoration.pairs import ImagePair, PairSplit, read_rgb8, write_rgb8_png
@@ -639,10 +636,6 @@ def _is_complete(root: Path) -> bool:
     return all((root / LARGE_DIR / d).is_dir() for d in SPLIT_DIRS.values())
 
 
-def _map(pool: Executor | None, fn: Callable[..., Any], *iterables: Iterable[Any]) -> Iterable[Any]:
-    return pool.map(fn, *iterables) if pool is not None else map(fn, *iterables)
-
-
 def generate_gopro_dataset(
     root: Path, cfg: GoproGeneratorConfig, workers: int | None = None, *, progress: bool = False
 ) -> Path:
@@ -662,18 +655,9 @@ def generate_gopro_dataset(
     """
     root = Path(root)
     stamp = generator_stamp(cfg)
-    if root.exists():
-        if not root.is_dir():
-            raise DatasetError(f"dataset root {root} exists and is not a directory")
-        existing = read_stamp(root)
-        if existing == stamp and _is_complete(root):
-            log.info("%s already holds this GOPRO generator configuration; not regenerating", root)
-            return root
-        if existing is None and any(root.iterdir()):
-            raise DatasetError(
-                f"{root} holds files the GOPRO generator did not write (no {STAMP_NAME}); "
-                "refusing to replace it: choose an empty or new directory"
-            )
+    if keep_generated(root, stamp, _is_complete, "GOPRO"):
+        log.info("%s already holds this GOPRO generator configuration; not regenerating", root)
+        return root
     jobs = plan_sequences(cfg)
     workers = _auto_workers(cfg) if workers is None else max(1, workers)
     log.info(
@@ -690,34 +674,16 @@ def generate_gopro_dataset(
         workers,
         root,
     )
-    tmp: Path | None = None
-    pool: Executor | None = None
-    try:
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = sibling_dir(root, "tmp")
+    with staged_generation(root, workers) as (tmp, pool):
         large_dir = tmp / LARGE_DIR
         for folder in SPLIT_DIRS.values():
             (large_dir / folder).mkdir(parents=True)
-        # Spawned, not forked: the caller (a Dagster run, a training process) may hold
-        # threads whose locks a forked child would inherit mid-use.
-        if workers > 1:
-            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
         written = 0
         total = len(jobs) * cfg.frames_per_sequence
         with tqdm(total=total, disable=not progress, desc="GOPRO frames", unit="frame") as bar:
-            for count in _map(pool, _write_sequence, [cfg] * len(jobs), jobs, [large_dir] * len(jobs)):
+            for count in pool_map(pool, _write_sequence, [cfg] * len(jobs), jobs, [large_dir] * len(jobs)):
                 written += count
                 bar.update(count)
         save_bytes(tmp / STAMP_NAME, (json.dumps(stamp, indent=2, sort_keys=True) + "\n").encode())
-        swap_into_place(tmp, root)
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise DatasetError(f"no space left on device while writing {exc.filename or tmp}") from exc
-        raise
-    finally:
-        if pool is not None:  # no worker may still write into tmp once it is removed
-            pool.shutdown(wait=True, cancel_futures=True)
-        if tmp is not None and tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     log.info("wrote %s: %d sequences, %d blurred/sharp pairs", root, len(jobs), written)
     return root

@@ -25,17 +25,13 @@ offending item, before any training starts.
 
 from __future__ import annotations
 
-import errno
 import io
 import json
 import logging
 import math
-import multiprocessing
 import os
 import re
-import shutil
-from collections.abc import Callable, Iterable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -47,11 +43,11 @@ from ops.config import SiddGeneratorConfig
 from ops.data.writing import (
     STAMP_NAME,
     default_workers,
+    keep_generated,
+    pool_map,
     problem_error,
-    read_stamp,
     save_bytes,
-    sibling_dir,
-    swap_into_place,
+    staged_generation,
 )
 from ops.errors import DatasetError
 from ops.restoration.camera import add_camera_noise
@@ -601,10 +597,6 @@ def _is_complete(root: Path) -> bool:
     )
 
 
-def _map(pool: Executor | None, fn: Callable[..., Any], *iterables: Iterable[Any]) -> Iterable[Any]:
-    return pool.map(fn, *iterables, chunksize=4) if pool is not None else map(fn, *iterables)
-
-
 def generate_sidd_dataset(
     root: Path,
     cfg: SiddGeneratorConfig,
@@ -632,18 +624,9 @@ def generate_sidd_dataset(
     """
     root = Path(root)
     stamp = generator_stamp(cfg, instances_per_scene)
-    if root.exists():
-        if not root.is_dir():
-            raise DatasetError(f"dataset root {root} exists and is not a directory")
-        existing = read_stamp(root)
-        if existing == stamp and _is_complete(root):
-            log.info("%s already holds this SIDD generator configuration; not regenerating", root)
-            return root
-        if existing is None and any(root.iterdir()):
-            raise DatasetError(
-                f"{root} holds files the SIDD generator did not write (no {STAMP_NAME}); "
-                "refusing to replace it: choose an empty or new directory"
-            )
+    if keep_generated(root, stamp, _is_complete, "SIDD"):
+        log.info("%s already holds this SIDD generator configuration; not regenerating", root)
+        return root
     if cfg.block_size > min(cfg.image_width, cfg.image_height):
         raise DatasetError(
             f"block_size {cfg.block_size} does not fit in {cfg.image_width}x{cfg.image_height} images"
@@ -662,21 +645,15 @@ def generate_sidd_dataset(
         workers,
         root,
     )
-    tmp: Path | None = None
-    pool: Executor | None = None
-    try:
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = sibling_dir(root, "tmp")
+    with staged_generation(root, workers) as (tmp, pool):
         data_dir = tmp / SMALL_DIR / "Data"
         data_dir.mkdir(parents=True)
-        # Spawned, not forked: the caller (a Dagster run, a training process) may hold
-        # threads whose locks a forked child would inherit mid-use.
-        if workers > 1:
-            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
         val_results = []
         with tqdm(total=len(jobs), disable=not progress, desc="SIDD pairs", unit="img") as bar:
             for job, result in zip(
-                jobs, _map(pool, _run_job, [cfg] * len(jobs), jobs, [data_dir] * len(jobs)), strict=True
+                jobs,
+                pool_map(pool, _run_job, [cfg] * len(jobs), jobs, [data_dir] * len(jobs), chunksize=4),
+                strict=True,
             ):
                 if job.split == "val":
                     val_results.append((job, result))
@@ -697,16 +674,6 @@ def generate_sidd_dataset(
         }
         save_bytes(tmp / VAL_SIDECAR, (json.dumps(sidecar, indent=1) + "\n").encode())
         save_bytes(tmp / STAMP_NAME, (json.dumps(stamp, indent=2, sort_keys=True) + "\n").encode())
-        swap_into_place(tmp, root)
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise DatasetError(f"no space left on device while writing {exc.filename or tmp}") from exc
-        raise
-    finally:
-        if pool is not None:  # no worker may still write into tmp once it is removed
-            pool.shutdown(wait=True, cancel_futures=True)
-        if tmp is not None and tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     log.info(
         "wrote %s: %d training pairs, %d validation blocks",
         root,
