@@ -20,7 +20,7 @@ MLFLOW_PORT ?= 5000
 # This machine's pip config lists extra local indexes that may be absent; their warnings are noise.
 PIP_QUIET := grep -v 'is ignored: it is neither a file nor a directory' || true
 
-.PHONY: help setup browser demo repro ui test test-fast lint clean cpp-deps cpp demo-video detect-video
+.PHONY: help setup browser demo repro ui test test-fast docker-test lint clean cpp-deps cpp demo-video detect-video
 
 help:
 	@echo "make demo       set up .venv, then materialise the whole asset graph (every task) on generated data"
@@ -29,6 +29,7 @@ help:
 	@echo "                and the MLflow UI (runs, registry) on http://$(UI_HOST):$(MLFLOW_PORT)"
 	@echo "make test       set up .venv, then run the whole test suite (what CI runs)"
 	@echo "make test-fast  the tests without the slow end-to-end ones"
+	@echo "make docker-test  build the project's image with a local Docker daemon and run the pipeline in it"
 	@echo "make cpp        build the C++ detector into build/cpp (installs its Debian packages if missing)"
 	@echo "make detect-video  run the C++ detector on the demo's traffic video (after make demo)"
 	@echo "make lint       ruff"
@@ -38,7 +39,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@echo "==> creating $(VENV): torch==2.13.0 (CPU build) first, then the pinned project"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0 2>&1 | $(PIP_QUIET)
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]' 2>&1 | $(PIP_QUIET)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,deploy]' 2>&1 | $(PIP_QUIET)
 	touch $@
 
 # DVC gets its own environment (its antlr4 pin breaks Dagster's selection parser); its
@@ -134,10 +135,15 @@ detect-video: cpp $(DEMO_VIDEO) $(DEMO_ONNX)
 	  --output $(basename $(DEMO_VIDEO))_detections.mp4 --json $(basename $(DEMO_VIDEO))_detections.jsonl
 
 test: setup browser cpp-deps
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra -m 'not docker'
+
+# The project's image built and run by a Docker daemon the test starts (tests/docker): minutes of
+# image building, so it is its own target rather than part of make test.
+docker-test: setup
+	$(BIN)/python -m pytest -ra -m docker tests/docker
 
 test-fast: setup
-	$(BIN)/python -m pytest -ra -m 'not slow'
+	$(BIN)/python -m pytest -ra -m 'not slow and not docker'
 
 lint: setup
 	$(BIN)/ruff check ops assets pipelines tests benchmarks
