@@ -7,6 +7,7 @@ or a missing key fails loudly, naming the key, instead of silently falling back.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ops.errors import ConfigError
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
+# A deployment's own settings (tracking server, S3 remote) as a YAML file of the same shape,
+# merged over params.yaml, so a deployment never forks the file that DVC tracks.
+PARAMS_OVERLAY_ENV = "VISIONFORGE_PARAMS_OVERLAY"
 
 
 class StrictModel(BaseModel):
@@ -543,24 +547,45 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def load_params(path: Path | str = DEFAULT_PARAMS_PATH, overrides: dict[str, Any] | None = None) -> Params:
-    """Read and validate ``params.yaml``; ``overrides`` maps dotted keys to values.
-
-    Relative paths inside the file stay relative to the current directory, which is the
-    repository root for the CLI, DVC stages and Dagster alike.
-    """
-    path = Path(path)
+def _read_mapping(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
-        raise ConfigError(f"params file not found: {path}")
+        raise ConfigError(f"{what} not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"params file {path} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
-        raise ConfigError(f"params file {path} must hold a mapping at the top level")
+        raise ConfigError(f"{what} {path} must hold a mapping at the top level")
+    return raw
+
+
+def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> None:
+    """Mappings merge key by key; any other value in ``overlay`` replaces the base's."""
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def load_params(path: Path | str = DEFAULT_PARAMS_PATH, overrides: dict[str, Any] | None = None) -> Params:
+    """Read and validate ``params.yaml``; ``overrides`` maps dotted keys to values.
+
+    The file named by ``VISIONFORGE_PARAMS_OVERLAY``, when set, is merged over it first (a
+    deployment's tracking and storage settings); ``overrides`` apply last. Relative paths inside
+    the file stay relative to the current directory, which is the repository root for the CLI,
+    DVC stages and Dagster alike.
+    """
+    path = Path(path)
+    raw = _read_mapping(path, "params file")
+    source = str(path)
+    overlay = os.environ.get(PARAMS_OVERLAY_ENV)
+    if overlay:
+        _merge(raw, _read_mapping(Path(overlay), f"params overlay ({PARAMS_OVERLAY_ENV})"))
+        source = f"{path} with the overlay {overlay}"
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, str(path))) from None
+        raise ConfigError(_format_validation_error(exc, source)) from None

@@ -36,6 +36,8 @@ DEFAULT_RETRAIN_CRON = "0 3 * * 1"
 DEFAULT_TIMEZONE = "UTC"
 DEFAULT_SENSOR_INTERVAL_S = 60
 DATA_VERSION_TAG = "visionforge/data_version"
+# On every job's runs: the deployment's run queue (docker/dagster.yaml) runs one per task at a time.
+TASK_TAG = "visionforge/task"
 
 
 def _keys(task: str, stages: tuple[str, ...]) -> list[AssetKey]:
@@ -47,6 +49,7 @@ def retrain_job(task: str) -> "UnresolvedAssetJobDefinition":
     return define_asset_job(
         f"retrain_{task}",
         selection=AssetSelection.assets(*_keys(task, STAGES[: STAGES.index("validation") + 1])),
+        tags={TASK_TAG: task},
         description=f"Ingest the {task} dataset, train, export, quantise, build engines and validate "
         "(the release gates are blocking asset checks of the validation asset).",
     )
@@ -57,6 +60,7 @@ def release_job(task: str) -> "UnresolvedAssetJobDefinition":
     return define_asset_job(
         f"release_{task}",
         selection=AssetSelection.assets(*_keys(task, ("validation", "release"))),
+        tags={TASK_TAG: task},
         description=f"Re-validate the current {task} candidate and promote it. A failed gate fails "
         "its blocking check and the release step does not run.",
     )

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ops.config import load_params
+from ops.config import PARAMS_OVERLAY_ENV, load_params
 from ops.errors import ConfigError
 from tests.conftest import REPO_ROOT, tiny_params_dict, write_params
 
@@ -53,3 +53,34 @@ def test_overrides_change_one_value_and_reject_unknown_keys(tiny_params_file: Pa
     assert params.traffic.train.lr == yaml.safe_load(tiny_params_file.read_text())["traffic"]["train"]["lr"]
     with pytest.raises(ConfigError, match="unknown key 'epoch'"):
         load_params(tiny_params_file, {"traffic.train.epoch": 7})
+
+
+def test_a_deployment_overlay_merges_over_the_file_and_overrides_win(tiny_params_file, tmp_path, monkeypatch):
+    overlay = tmp_path / "deploy.yaml"
+    overlay.write_text(
+        yaml.safe_dump(
+            {
+                "tracking": {"uri": "http://mlflow:5000"},
+                "storage": {"remote": "s3", "s3": {"endpoint_url": "http://s3:9000"}},
+            }
+        )
+    )
+    monkeypatch.setenv(PARAMS_OVERLAY_ENV, str(overlay))
+    params = load_params(tiny_params_file, {"storage.s3.bucket": "other"})
+    assert params.tracking.uri == "http://mlflow:5000"
+    assert params.storage.remote == "s3"
+    assert params.storage.s3.endpoint_url == "http://s3:9000"
+    assert params.storage.s3.bucket == "other"  # the override, over the file's "visionforge"
+    assert params.storage.s3.region == "us-east-1"  # untouched siblings stay the file's
+    assert params.tracking.experiment_prefix == "visionforge-"
+
+
+def test_a_bad_overlay_is_named(tiny_params_file, tmp_path, monkeypatch):
+    monkeypatch.setenv(PARAMS_OVERLAY_ENV, str(tmp_path / "absent.yaml"))
+    with pytest.raises(ConfigError, match=rf"params overlay \({PARAMS_OVERLAY_ENV}\) not found: .*absent.yaml"):
+        load_params(tiny_params_file)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("storage:\n  remtoe: s3\n")
+    monkeypatch.setenv(PARAMS_OVERLAY_ENV, str(typo))
+    with pytest.raises(ConfigError, match=r"with the overlay .*typo.yaml[\s\S]*storage.remtoe"):
+        load_params(tiny_params_file)
