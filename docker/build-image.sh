@@ -77,8 +77,13 @@ bootstrap_base() {
         mv "$tarball.part" "$tarball"
         echo "==> base: bootstrapped in $(( $(date +%s) - start )) s"
     fi
+    # An import is a new image each time, which would void the build cache of every layer on it.
+    if [ "$("$DOCKER" image inspect -f '{{index .Config.Labels "visionforge.base"}}' "$BASE_IMAGE" 2>/dev/null)" = "$key" ]; then
+        echo "==> base: $BASE_IMAGE is already this tarball"
+        return
+    fi
     "$DOCKER" import --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' \
-        "$tarball" "$BASE_IMAGE" >/dev/null
+        --change "LABEL visionforge.base=$key" "$tarball" "$BASE_IMAGE" >/dev/null
     echo "==> base: imported as $BASE_IMAGE"
 }
 

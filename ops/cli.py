@@ -196,6 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     remote.add_argument("--local", action="store_true", help="write .dvc/config.local (this machine only)")
 
+    doctor = commands.add_parser(
+        "doctor",
+        parents=[common],
+        help="check the deployment's connections: MLflow, S3, the DVC remote, Dagster's storage",
+        description="One line per system: reachable, authenticated and writable with this "
+        "environment's credentials, or what failed and the setting to fix. Each check writes the "
+        "smallest thing its system has (an MLflow experiment tag, a probe object it deletes again, a "
+        "file in the DVC remote, a key in Dagster's key-value store). Exit status 1 when any fails.",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the checks as JSON instead of lines")
+
     bench.add_argument(
         "--full-size",
         action="store_true",
@@ -312,6 +323,14 @@ def _scalar(value: Any) -> bool:
     return isinstance(value, str | int | float | bool) or value is None
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from ops.doctor import as_json, run_checks
+
+    checks = run_checks(_params(args))
+    print(as_json(checks) if args.json else "\n".join(check.line() for check in checks))
+    return 1 if any(check.status == "fail" for check in checks) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -323,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         for chatty in ("onnx_ir", "onnxscript", "torch.onnx"):
             logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
+        if args.command == "doctor":
+            return _doctor(args)
         outcome = run(args)
     except VisionForgeError as exc:
         print(f"visionforge {args.command}: error: {exc}", file=sys.stderr)

@@ -211,6 +211,14 @@ class S3Store:
             raise storage_error(exc, self.cfg, f"downloading s3://{self.cfg.bucket}/{key}", key) from None
         return path
 
+    def delete(self, *parts: str) -> None:
+        """Remove ``<prefix>/<parts>`` (no error if it is already gone)."""
+        key = self.key(*parts)
+        try:
+            self.client.delete_object(Bucket=self.cfg.bucket, Key=key)
+        except Exception as exc:
+            raise storage_error(exc, self.cfg, f"deleting s3://{self.cfg.bucket}/{key}", key) from None
+
     def list(self, *parts: str) -> list[str]:
         """Keys under ``<prefix>/<parts>`` (relative to the bucket)."""
         prefix = self.key(*parts)

@@ -233,6 +233,21 @@ class Tracker:
             "tracking.enabled: false to run offline (nothing is recorded)."
         )
 
+    def check_access(self) -> None:
+        """Raise :class:`TrackingError` unless the store answers a read and accepts a write with
+        this process's credentials: a tag on the ``<prefix>doctor`` experiment (made once), the
+        smallest write there is."""
+        client = self._require("checking access")
+        self._call("listing experiments", client.search_experiments, max_results=1)
+        experiment_id = self.experiment_id("doctor")
+        self._call(
+            "writing an experiment tag",
+            client.set_experiment_tag,
+            experiment_id,
+            "visionforge.doctor.checked_at",
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+
     def _require(self, what: str) -> MlflowClient:
         if self.client is None:
             raise TrackingError(f"{what} needs the MLflow registry, but tracking.enabled is false")

@@ -323,6 +323,21 @@ def test_a_graphql_run_materialises_the_chain_into_postgres_mlflow_and_s3_across
     stack.figures["objects_in_bucket"] = len(keys)
 
 
+def test_doctor_finds_every_system_of_the_stack_reachable_authenticated_and_writable(stack):
+    result = subprocess.run(
+        [str(BIN / "visionforge"), "doctor"], cwd=stack.workdir, env=stack.env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert [line.split()[:2] for line in lines] == [
+        ["OK", "mlflow"], ["OK", "s3"], ["OK", "dvc"], ["OK", "dagster"]
+    ]  # fmt: skip
+    assert "server reachable, authenticated, writable" in lines[0]
+    assert f"postgresql+psycopg2://***@127.0.0.1:{stack.postgres.port}/dagster" in lines[3]
+    for secret in (stack.postgres.password, stack.env["AWS_SECRET_ACCESS_KEY"], stack.env["AWS_ACCESS_KEY_ID"]):
+        assert secret not in result.stdout + result.stderr
+
+
 def test_the_daemon_recorded_schedule_ticks_and_sensor_evaluations(stack):
     held_runs = (
         "SELECT r.run_id, r.status FROM runs r JOIN run_tags t ON t.run_id = r.run_id "

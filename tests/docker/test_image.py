@@ -90,7 +90,9 @@ class Docker:
             [self.client, *args], env=self.env, capture_output=True, text=True, timeout=timeout
         )
         if check and done.returncode != 0:
-            pytest.fail(f"docker {' '.join(args)} exited with {done.returncode}:\n{done.stdout}\n{done.stderr}")
+            pytest.fail(
+                f"docker {' '.join(args)} exited with {done.returncode}:\n{done.stdout}\n{done.stderr}"
+            )
         return done
 
 
@@ -208,10 +210,12 @@ def _tail(path: Path, lines: int = 60) -> str:
 def _report(request: pytest.FixtureRequest, line: str) -> None:
     """A line on the terminal even when output is captured."""
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(line)
-    else:
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
         print(line)
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(line)
 
 
 def _build_step(step: str, docker: Docker) -> tuple[float, str]:

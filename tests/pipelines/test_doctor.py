@@ -1,0 +1,85 @@
+"""The Dagster check of `visionforge doctor` on the deployment's own dagster.yaml (docker/) against
+a PostgreSQL 15 started here: healthy, wrong password, unreachable. No password is ever printed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+from tests.services import PostgresServer, free_port, postgres_bin
+
+pytestmark = pytest.mark.skipif(postgres_bin() is None, reason="Debian's PostgreSQL 15 is not installed")
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer(user="visionforge", password="pg-" + uuid.uuid4().hex)
+    try:
+        server.init()
+        server.start()
+        server.create_database("dagster")
+        yield server
+    finally:
+        server.remove()
+
+
+def _check(home: Path, postgres: PostgresServer, **overrides: str) -> dict:
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_POSTGRES_HOST": "127.0.0.1",
+        "DAGSTER_POSTGRES_PORT": str(postgres.port),
+        "DAGSTER_POSTGRES_DB": "dagster",
+        "DAGSTER_POSTGRES_USER": postgres.user,
+        "DAGSTER_POSTGRES_PASSWORD": postgres.password,
+        "VISIONFORGE_DOCKER_NETWORK": "visionforge",
+        **overrides,
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.doctor"], env=env, capture_output=True, text=True, timeout=180
+    )
+    check = json.loads(result.stdout.strip().splitlines()[-1])
+    assert result.returncode == (1 if check["status"] == "fail" else 0)
+    for secret in (postgres.password, overrides.get("DAGSTER_POSTGRES_PASSWORD", postgres.password)):
+        assert secret not in result.stdout + result.stderr
+    return check
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    shutil.copy(REPO_ROOT / "docker" / "dagster.yaml", tmp_path / "dagster.yaml")  # as deployed
+    return tmp_path
+
+
+def test_the_deployed_instance_on_postgres_is_reachable_authenticated_and_writable(home, postgres):
+    check = _check(home, postgres)
+    assert check["status"] == "ok", check
+    assert check["target"] == f"postgresql+psycopg2://***@127.0.0.1:{postgres.port}/dagster"
+
+
+def test_a_wrong_password_names_the_credentials_to_fix(home, postgres):
+    check = _check(home, postgres, DAGSTER_POSTGRES_PASSWORD="wrong-" + uuid.uuid4().hex)
+    assert check["status"] == "fail"
+    assert "password authentication failed" in check["detail"]
+    assert "DAGSTER_POSTGRES_PASSWORD" in check["detail"]
+
+
+def test_an_unreachable_postgres_names_host_and_port(home, postgres):
+    check = _check(home, postgres, DAGSTER_POSTGRES_PORT=str(free_port()))
+    assert check["status"] == "fail"
+    assert "DAGSTER_POSTGRES_HOST / DAGSTER_POSTGRES_PORT" in check["detail"], check
+
+
+def test_an_unset_variable_of_the_deployed_config_is_named(home, postgres):
+    check = _check(home, postgres, DAGSTER_POSTGRES_PASSWORD="")
+    assert check["status"] == "fail"
+    assert check["detail"].endswith("-> fix: set DAGSTER_POSTGRES_PASSWORD"), check
