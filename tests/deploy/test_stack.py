@@ -334,7 +334,11 @@ def test_doctor_finds_every_system_of_the_stack_reachable_authenticated_and_writ
     ]  # fmt: skip
     assert "server reachable, authenticated, writable" in lines[0]
     assert f"postgresql+psycopg2://***@127.0.0.1:{stack.postgres.port}/dagster" in lines[3]
-    for secret in (stack.postgres.password, stack.env["AWS_SECRET_ACCESS_KEY"], stack.env["AWS_ACCESS_KEY_ID"]):
+    for secret in (
+        stack.postgres.password,
+        stack.env["AWS_SECRET_ACCESS_KEY"],
+        stack.env["AWS_ACCESS_KEY_ID"],
+    ):
         assert secret not in result.stdout + result.stderr
 
 

@@ -77,7 +77,9 @@ def test_a_deployment_overlay_merges_over_the_file_and_overrides_win(tiny_params
 
 def test_a_bad_overlay_is_named(tiny_params_file, tmp_path, monkeypatch):
     monkeypatch.setenv(PARAMS_OVERLAY_ENV, str(tmp_path / "absent.yaml"))
-    with pytest.raises(ConfigError, match=rf"params overlay \({PARAMS_OVERLAY_ENV}\) not found: .*absent.yaml"):
+    with pytest.raises(
+        ConfigError, match=rf"params overlay \({PARAMS_OVERLAY_ENV}\) not found: .*absent.yaml"
+    ):
         load_params(tiny_params_file)
     typo = tmp_path / "typo.yaml"
     typo.write_text("storage:\n  remtoe: s3\n")

@@ -49,7 +49,7 @@ def _check(home: Path, postgres: PostgresServer, **overrides: str) -> dict:
     )
     check = json.loads(result.stdout.strip().splitlines()[-1])
     assert result.returncode == (1 if check["status"] == "fail" else 0)
-    for secret in (postgres.password, overrides.get("DAGSTER_POSTGRES_PASSWORD", postgres.password)):
+    for secret in (postgres.password, overrides.get("DAGSTER_POSTGRES_PASSWORD") or postgres.password):
         assert secret not in result.stdout + result.stderr
     return check
 
