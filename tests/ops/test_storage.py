@@ -7,12 +7,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,64 +21,22 @@ from ops.errors import StorageError, VersioningError
 from ops.storage import S3Store, dvc_remote, redact
 from ops.versioning import configure_remote, pull, push, run_dvc
 from tests.conftest import tiny_params_dict, write_params
+from tests.services import BIN, free_port, start_nanio, stop_group, wait_for_http
 
 ACCESS_KEY = "vfaccess" + uuid.uuid4().hex[:8]
 SECRET_KEY = "vfsecret" + uuid.uuid4().hex
 BUCKET = "visionforge-test"
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for(url: str, process: subprocess.Popen, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except urllib.error.HTTPError:
-            return  # it answers (S3 refuses an unsigned request: that is an answer)
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"{url} not ready after {timeout_s} s")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Config]:
     """nanio serving one bucket on a free port of 127.0.0.1, started from the registry package."""
     data = tmp_path_factory.mktemp("nanio")
-    (data / BUCKET).mkdir()  # buckets are folders
-    port = _free_port()
-    log = (data.parent / "nanio.log").open("w")
-    process = subprocess.Popen(
-        [str(BIN / "nanio"), "serve", "--data-dir", str(data), "--host", "127.0.0.1", "--port", str(port)],
-        env={**os.environ, "NANIO_ACCESS_KEY": ACCESS_KEY, "NANIO_SECRET_KEY": SECRET_KEY},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    process, endpoint = start_nanio(data, BUCKET, ACCESS_KEY, SECRET_KEY, data.parent / "nanio.log")
     try:
-        _wait_for(f"http://127.0.0.1:{port}/", process, 60)
-        yield S3Config(
-            bucket=BUCKET, prefix="team/vf", endpoint_url=f"http://127.0.0.1:{port}", region="us-east-1"
-        )
+        yield S3Config(bucket=BUCKET, prefix="team/vf", endpoint_url=endpoint, region="us-east-1")
     finally:
-        _stop(process)
-        log.close()
+        stop_group(process)
 
 
 @pytest.fixture
@@ -185,7 +139,7 @@ def test_an_mlflow_server_keeps_registered_artefacts_in_the_bucket(
     from tests.ops.test_tracking import _artefacts, _dataset, _validated
 
     shutil.copyfile(mlflow_template_db, tmp_path / "server.db")  # migrated already: starts sooner
-    port = _free_port()
+    port = free_port()
     server_log = (tmp_path / "mlflow-server.log").open("w")
     server = subprocess.Popen(
         [
@@ -214,7 +168,7 @@ def test_an_mlflow_server_keeps_registered_artefacts_in_the_bucket(
         cwd=tmp_path,
     )
     try:
-        _wait_for(f"http://127.0.0.1:{port}/health", server, 120)
+        wait_for_http(f"http://127.0.0.1:{port}/health", server, 120)
         raw = yaml.safe_load(write_params(tmp_path, tiny_params_dict(tmp_path)).read_text())
         raw["tracking"]["uri"] = f"http://127.0.0.1:{port}"
         monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -244,7 +198,7 @@ def test_an_mlflow_server_keeps_registered_artefacts_in_the_bucket(
             texts += [*version.tags.values(), version.source]
         assert not any(secret in text for text in texts for secret in (SECRET_KEY, ACCESS_KEY))
     finally:
-        _stop(server)
+        stop_group(server)
         server_log.close()
 
 
@@ -274,7 +228,7 @@ def test_the_embedded_store_keeps_artefacts_in_the_bucket_when_storage_is_s3(
 
 def test_an_unreachable_endpoint_is_one_clear_error(credentials):
     cfg = S3Config(
-        bucket=BUCKET, prefix="", endpoint_url=f"http://127.0.0.1:{_free_port()}", region="us-east-1"
+        bucket=BUCKET, prefix="", endpoint_url=f"http://127.0.0.1:{free_port()}", region="us-east-1"
     )
     start = time.monotonic()
     with pytest.raises(StorageError, match=rf"cannot reach bucket '{BUCKET}' at http://127.0.0.1"):

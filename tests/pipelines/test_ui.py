@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT, tiny_params_dict, write_params
+from tests.services import free_port, stop_group
 
 pytestmark = pytest.mark.slow
 
@@ -50,12 +50,6 @@ class DagsterUI:
         return payload["data"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _restore_sigint() -> None:
     # A shell that started us in the background may have set SIGINT to ignored; dagster dev
     # would then ignore our stop signal too (DESIGN.md, "Facts").
@@ -63,22 +57,9 @@ def _restore_sigint() -> None:
 
 
 def _stop(process: subprocess.Popen) -> None:
-    """Stop dagster dev and everything it started (webserver, daemon, code server) by its group."""
-    for sig, wait_s in ((signal.SIGINT, 30), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        if process.poll() is not None:
-            break
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            process.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
-            continue
-    try:  # children that outlived the parent
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    """Stop dagster dev and everything it started (webserver, daemon, code server) by its group:
+    SIGINT is what dagster dev handles as a clean shutdown."""
+    stop_group(process, ((signal.SIGINT, 30), (signal.SIGTERM, 10)))
 
 
 LOCATIONS = """
@@ -99,7 +80,7 @@ def ui(tmp_path_factory) -> Iterator[DagsterUI]:
     home = workdir / "dagster_home"
     home.mkdir()
     shutil.copy(REPO_ROOT / "pipelines" / "dagster.yaml", home / "dagster.yaml")
-    port = _free_port()
+    port = free_port()
     log = workdir / "dagster_dev.log"
     env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(REPO_ROOT)}
     with log.open("w") as out:
