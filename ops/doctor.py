@@ -121,8 +121,9 @@ def check_dvc(params: Params) -> Check:
     return Check("dvc", target, "ok", "directory remote writable")
 
 
-def check_dagster() -> Check:
-    """Dagster's instance (``DAGSTER_HOME``), checked by :mod:`pipelines.doctor` in a child process."""
+def check_dagster() -> list[Check]:
+    """Dagster's instance (``DAGSTER_HOME``) and the code location, checked by
+    :mod:`pipelines.doctor` in a child process."""
     try:
         result = subprocess.run(
             [sys.executable, "-m", "pipelines.doctor"],
@@ -131,19 +132,21 @@ def check_dagster() -> Check:
             timeout=DAGSTER_CHECK_TIMEOUT_S,
         )
     except subprocess.TimeoutExpired:
-        return _failed(
-            "dagster", os.environ.get("DAGSTER_HOME", "-"), f"no answer in {DAGSTER_CHECK_TIMEOUT_S} s"
-        )
+        return [
+            _failed(
+                "dagster", os.environ.get("DAGSTER_HOME", "-"), f"no answer in {DAGSTER_CHECK_TIMEOUT_S} s"
+            )
+        ]
     lines = result.stdout.strip().splitlines()
     try:
-        return Check(**json.loads(lines[-1]))
+        return [Check(**check) for check in json.loads(lines[-1])]
     except (IndexError, json.JSONDecodeError, TypeError):
         tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        return _failed("dagster", os.environ.get("DAGSTER_HOME", "-"), f"the check crashed: {tail}")
+        return [_failed("dagster", os.environ.get("DAGSTER_HOME", "-"), f"the check crashed: {tail}")]
 
 
 def run_checks(params: Params) -> list[Check]:
-    return [check_mlflow(params), check_s3(params), check_dvc(params), check_dagster()]
+    return [check_mlflow(params), check_s3(params), check_dvc(params), *check_dagster()]
 
 
 def as_json(checks: list[Check]) -> str:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from dagster import (
     AssetKey,
     AssetSelection,
+    DagsterInvalidDefinitionError,
     DefaultScheduleStatus,
     DefaultSensorStatus,
     RunRequest,
@@ -28,6 +29,7 @@ from dagster import (
 from assets.factory import STAGES
 from assets.resources import ParamsResource
 from assets.versioning import dataset_content_hash
+from ops.errors import ConfigError
 
 if TYPE_CHECKING:  # what define_asset_job returns; Dagster does not export the name
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
@@ -67,14 +69,32 @@ def release_job(task: str) -> "UnresolvedAssetJobDefinition":
 
 
 def retrain_schedule(task: str, job: "UnresolvedAssetJobDefinition") -> ScheduleDefinition:
-    return ScheduleDefinition(
-        name=f"retrain_{task}_schedule",
-        job=job,
-        cron_schedule=os.environ.get("VISIONFORGE_RETRAIN_CRON", DEFAULT_RETRAIN_CRON),
-        execution_timezone=os.environ.get("VISIONFORGE_RETRAIN_TIMEZONE", DEFAULT_TIMEZONE),
-        default_status=DefaultScheduleStatus.RUNNING,
-        description=f"Periodic retraining of {task} (cron from VISIONFORGE_RETRAIN_CRON).",
-    )
+    cron = os.environ.get("VISIONFORGE_RETRAIN_CRON", DEFAULT_RETRAIN_CRON)
+    timezone = os.environ.get("VISIONFORGE_RETRAIN_TIMEZONE", DEFAULT_TIMEZONE)
+    try:
+        return ScheduleDefinition(
+            name=f"retrain_{task}_schedule",
+            job=job,
+            cron_schedule=cron,
+            execution_timezone=timezone,
+            default_status=DefaultScheduleStatus.RUNNING,
+            description=f"Periodic retraining of {task} (cron from VISIONFORGE_RETRAIN_CRON).",
+        )
+    except DagsterInvalidDefinitionError as exc:  # the code location would not load: name the setting
+        raise ConfigError(
+            f"VISIONFORGE_RETRAIN_CRON={cron!r} / VISIONFORGE_RETRAIN_TIMEZONE={timezone!r}: {exc}"
+        ) from None
+
+
+def _sensor_interval_s() -> int:
+    raw = os.environ.get("VISIONFORGE_SENSOR_INTERVAL_S", str(DEFAULT_SENSOR_INTERVAL_S))
+    try:
+        interval = int(raw)
+    except ValueError:
+        interval = 0
+    if interval < 1:
+        raise ConfigError(f"VISIONFORGE_SENSOR_INTERVAL_S={raw!r}: a whole number of seconds >= 1")
+    return interval
 
 
 def recorded_data_version(context: SensorEvaluationContext, task: str) -> str | None:
@@ -97,9 +117,7 @@ def dataset_sensor(task: str, job: "UnresolvedAssetJobDefinition") -> SensorDefi
     @sensor(
         name=f"{task}_dataset_changed",
         job=job,
-        minimum_interval_seconds=int(
-            os.environ.get("VISIONFORGE_SENSOR_INTERVAL_S", DEFAULT_SENSOR_INTERVAL_S)
-        ),
+        minimum_interval_seconds=_sensor_interval_s(),
         default_status=DefaultSensorStatus.RUNNING,
         description=f"Retrain {task} when the dataset's content hash (its data version) changes.",
     )

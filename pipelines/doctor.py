@@ -1,8 +1,9 @@
 """The Dagster part of ``visionforge doctor``: the instance in ``DAGSTER_HOME`` (PostgreSQL in a
-deployment, SQLite by default) is reachable, accepts its credentials and can be written.
+deployment, SQLite by default) is reachable, accepts its credentials and can be written, and the
+code location (``pipelines.definitions``) loads in this environment.
 
-Prints one JSON line (an :class:`ops.doctor.Check`); ``visionforge doctor`` runs it in a child
-process so that the library stays free of Dagster.
+Prints one JSON line, a list of :class:`ops.doctor.Check`; ``visionforge doctor`` runs it in a
+child process so that the library stays free of Dagster.
 """
 
 from __future__ import annotations
@@ -93,11 +94,32 @@ def check_instance() -> Check:
     return Check(SYSTEM, target, "ok", "instance storage reachable, authenticated, writable")
 
 
+def check_code_location() -> Check:
+    """What the code server would load, loaded here: a failure names its setting where it is ours
+    (``VISIONFORGE_RETRAIN_CRON``, ``VISIONFORGE_SENSOR_INTERVAL_S``, ``params.yaml``)."""
+    target = "pipelines.definitions"
+    try:
+        from pipelines import definitions
+
+        repository = definitions.defs.get_repository_def()
+    except Exception as exc:  # an import or definition error of any kind: say which
+        return Check(
+            "code", target, "fail", redact(f"does not load: {type(exc).__name__}: {_first_line(exc)}")
+        )
+    return Check(
+        "code",
+        target,
+        "ok",
+        f"loads: {len(definitions.ASSETS)} assets, {len(repository.schedule_defs)} schedules, "
+        f"{len(repository.sensor_defs)} sensors",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
-    check = check_instance()
-    print(json.dumps(asdict(check)))
-    return 0 if check.status != "fail" else 1
+    checks = [check_instance(), check_code_location()]
+    print(json.dumps([asdict(check) for check in checks]))
+    return 1 if any(check.status == "fail" for check in checks) else 0
 
 
 if __name__ == "__main__":

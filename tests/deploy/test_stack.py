@@ -330,7 +330,7 @@ def test_doctor_finds_every_system_of_the_stack_reachable_authenticated_and_writ
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.strip().splitlines()
     assert [line.split()[:2] for line in lines] == [
-        ["OK", "mlflow"], ["OK", "s3"], ["OK", "dvc"], ["OK", "dagster"]
+        ["OK", "mlflow"], ["OK", "s3"], ["OK", "dvc"], ["OK", "dagster"], ["OK", "code"]
     ]  # fmt: skip
     assert "server reachable, authenticated, writable" in lines[0]
     assert f"postgresql+psycopg2://***@127.0.0.1:{stack.postgres.port}/dagster" in lines[3]

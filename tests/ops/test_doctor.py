@@ -52,7 +52,7 @@ def test_the_embedded_default_is_healthy_and_printed_one_line_per_system(tmp_pat
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.strip().splitlines()
     assert [line.split()[:2] for line in lines] == [
-        ["OK", "mlflow"], ["OK", "s3"], ["OK", "dvc"], ["OK", "dagster"]
+        ["OK", "mlflow"], ["OK", "s3"], ["OK", "dvc"], ["OK", "dagster"], ["OK", "code"]
     ]  # fmt: skip
     assert "embedded store readable, writable" in lines[0]
     assert f"SQLite in {tmp_path / 'dagster_home'}" in lines[3]

@@ -32,7 +32,7 @@ def postgres() -> Iterator[PostgresServer]:
         server.remove()
 
 
-def _check(home: Path, postgres: PostgresServer, **overrides: str) -> dict:
+def _check(home: Path, postgres: PostgresServer, system: str = "dagster", **overrides: str) -> dict:
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
@@ -47,8 +47,9 @@ def _check(home: Path, postgres: PostgresServer, **overrides: str) -> dict:
     result = subprocess.run(
         [sys.executable, "-m", "pipelines.doctor"], env=env, capture_output=True, text=True, timeout=180
     )
-    check = json.loads(result.stdout.strip().splitlines()[-1])
-    assert result.returncode == (1 if check["status"] == "fail" else 0)
+    checks = {check["system"]: check for check in json.loads(result.stdout.strip().splitlines()[-1])}
+    assert result.returncode == (1 if any(c["status"] == "fail" for c in checks.values()) else 0)
+    check = checks[system]
     for secret in (postgres.password, overrides.get("DAGSTER_POSTGRES_PASSWORD") or postgres.password):
         assert secret not in result.stdout + result.stderr
     return check
@@ -63,6 +64,10 @@ def home(tmp_path: Path) -> Path:
 def test_the_deployed_instance_on_postgres_is_reachable_authenticated_and_writable(home, postgres):
     check = _check(home, postgres)
     assert check["status"] == "ok", check
+    code = _check(home, postgres, system="code")
+    assert code["status"] == "ok" and code["detail"].startswith("loads: 21 assets, 3 schedules, 3 sensors"), (
+        code
+    )
     assert check["target"] == f"postgresql+psycopg2://***@127.0.0.1:{postgres.port}/dagster"
 
 
@@ -83,3 +88,11 @@ def test_an_unset_variable_of_the_deployed_config_is_named(home, postgres):
     check = _check(home, postgres, DAGSTER_POSTGRES_PASSWORD="")
     assert check["status"] == "fail"
     assert check["detail"].endswith("-> fix: set DAGSTER_POSTGRES_PASSWORD"), check
+
+
+def test_a_code_location_that_does_not_load_names_the_setting(home, postgres):
+    check = _check(home, postgres, system="code", VISIONFORGE_RETRAIN_CRON="every monday")
+    assert check["status"] == "fail"
+    assert check["detail"].startswith(
+        "does not load: ConfigError: VISIONFORGE_RETRAIN_CRON='every monday'"
+    ), check
