@@ -395,6 +395,19 @@ def test_a_postgres_restart_mid_run_ends_the_run_and_the_next_run_succeeds(stack
     assert stack.wait_for_status(next_run, TERMINAL, 600) == "SUCCESS", f"see {stack.workdir}"
 
 
+def test_no_secret_is_in_any_event_run_tag_or_log_line(stack):
+    secrets = (stack.postgres.password, stack.env["AWS_SECRET_ACCESS_KEY"], stack.env["AWS_ACCESS_KEY_ID"])
+    for secret in secrets:
+        pattern = f"%{secret}%"
+        assert stack.sql("SELECT count(*) FROM event_logs WHERE event LIKE %s", pattern) == [(0,)]
+        assert stack.sql("SELECT count(*) FROM run_tags WHERE value LIKE %s", pattern) == [(0,)]
+        assert stack.sql("SELECT count(*) FROM runs WHERE run_body LIKE %s", pattern) == [(0,)]
+    logs = list(stack.workdir.glob("*.log")) + list(stack.workdir.glob("dagster_home/**/*"))
+    for path in (p for p in logs if p.is_file()):
+        text = path.read_text(errors="replace")
+        assert not any(secret in text for secret in secrets), f"a secret in {path}"
+
+
 def test_stopping_the_stack_leaves_nothing_running(stack):
     processes = list(stack.processes.values())
     postgres = stack.postgres.process
