@@ -20,7 +20,7 @@ MLFLOW_PORT ?= 5000
 # This machine's pip config lists extra local indexes that may be absent; their warnings are noise.
 PIP_QUIET := grep -v 'is ignored: it is neither a file nor a directory' || true
 
-.PHONY: help setup browser demo repro ui test test-fast docker-test lint clean cpp-deps cpp demo-video detect-video
+.PHONY: help setup browser demo repro ui test test-fast docker-test lint clean cpp-deps cpp demo-video detect-video postgres-deps
 
 help:
 	@echo "make demo       set up .venv, then materialise the whole asset graph (every task) on generated data"
@@ -134,7 +134,17 @@ detect-video: cpp $(DEMO_VIDEO) $(DEMO_ONNX)
 	$(CPP_BUILD)/visionforge-detect $(DEMO_ONNX) $(DEMO_VIDEO) \
 	  --output $(basename $(DEMO_VIDEO))_detections.mp4 --json $(basename $(DEMO_VIDEO))_detections.jsonl
 
-test: setup browser cpp-deps
+# PostgreSQL 15 for the deployment tests (tests/deploy, tests/pipelines/test_doctor.py): Debian's
+# server binaries, started by the tests themselves in temporary directories on 127.0.0.1.
+postgres-deps:
+	@test -x /usr/lib/postgresql/15/bin/postgres || { \
+	  echo "==> installing Debian's PostgreSQL 15 for the deployment tests"; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; \
+	  else echo "==> no root or sudo: the PostgreSQL tests will be skipped"; exit 0; fi; \
+	  $$sudo apt-get update -q >/dev/null && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql-15 >/dev/null; }
+
+test: setup browser cpp-deps postgres-deps
 	$(BIN)/python -m pytest -ra -m 'not docker'
 
 # The project's image built and run by a Docker daemon the test starts (tests/docker): minutes of
