@@ -205,6 +205,16 @@ class PostgresServer:
         finally:
             conn.close()
 
+    def dagster_env(self, database: str = "dagster") -> dict[str, str]:
+        """The variables docker/dagster.yaml reads to reach this server."""
+        return {
+            "DAGSTER_POSTGRES_HOST": "127.0.0.1",
+            "DAGSTER_POSTGRES_PORT": str(self.port),
+            "DAGSTER_POSTGRES_DB": database,
+            "DAGSTER_POSTGRES_USER": self.user,
+            "DAGSTER_POSTGRES_PASSWORD": self.password,
+        }
+
     def url(self, database: str, driver: str | None = None) -> str:
         """A connection URL; ``driver`` for SQLAlchemy's ``postgresql+<driver>://`` form."""
         scheme = f"postgresql+{driver}" if driver else "postgresql"

@@ -152,11 +152,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
-        "DAGSTER_POSTGRES_HOST": "127.0.0.1",
-        "DAGSTER_POSTGRES_PORT": str(postgres.port),
-        "DAGSTER_POSTGRES_DB": "dagster",
-        "DAGSTER_POSTGRES_USER": postgres.user,
-        "DAGSTER_POSTGRES_PASSWORD": postgres.password,
+        **postgres.dagster_env(),
         "AWS_ACCESS_KEY_ID": access_key,
         "AWS_SECRET_ACCESS_KEY": secret_key,
         "AWS_DEFAULT_REGION": "us-east-1",

@@ -36,11 +36,7 @@ def _check(home: Path, postgres: PostgresServer, system: str = "dagster", **over
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
-        "DAGSTER_POSTGRES_HOST": "127.0.0.1",
-        "DAGSTER_POSTGRES_PORT": str(postgres.port),
-        "DAGSTER_POSTGRES_DB": "dagster",
-        "DAGSTER_POSTGRES_USER": postgres.user,
-        "DAGSTER_POSTGRES_PASSWORD": postgres.password,
+        **postgres.dagster_env(),
         "VISIONFORGE_DOCKER_NETWORK": "visionforge",
         **overrides,
     }
