@@ -99,7 +99,7 @@ browser:
 
 # The C++ detector (cpp/): Debian's toolchain and libraries, then CMake + Ninja into build/cpp.
 # Installed when missing (root, or sudo when available), as CI starts from a clean machine.
-CPP_PACKAGES := cmake ninja-build g++ libopencv-dev libgtest-dev nlohmann-json3-dev
+CPP_PACKAGES := cmake ninja-build g++ libopencv-dev libgtest-dev nlohmann-json3-dev libssl-dev
 CPP_BUILD := build/cpp
 CPP_STAMP := build/.cpp-packages
 CPP_JOBS ?= 2
