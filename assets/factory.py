@@ -205,7 +205,8 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
             "num_train_images": MetadataValue.int(result.num_train_images),
             **numeric({k: v for k, v in last.items() if k != "epoch"}, prefix="final_"),
             **numeric(metrics),
-            # breakdowns the task's evaluation reports (traffic: per class; sidd: per ISO; gopro: per blur length)
+            # breakdowns the task's evaluation reports
+            # (traffic: per class; sidd: per ISO; gopro: per blur length)
             **{key: MetadataValue.json(value) for key, value in metrics.items() if key.startswith("per_")},
             **file_entries("weights", result.model_path),
             "history": MetadataValue.path(str(result.history_path)),
