@@ -50,6 +50,8 @@ BUCKET = "visionforge"
 LOCATION = "visionforge"
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
 FIGURES = REPO_ROOT / "build" / "stack-test.json"
+# What psycopg2 says of a connection the server closed while it sat in a pool
+STALE_CONNECTION = ("closed the connection", "terminating connection", "connection already closed")
 
 
 @dataclass
@@ -381,12 +383,12 @@ def test_a_postgres_restart_mid_run_ends_the_run_and_the_next_run_succeeds(stack
     # The webserver keeps one pooled connection per storage without a liveness check, so its
     # first queries after the restart meet the closed connection; SQLAlchemy then drops it.
     stale = []
-    for _attempt in range(3):
+    for _attempt in range(5):  # one stale connection per storage at most
         try:
             next_run = _submit(stack, f"release_{TASK}")
             break
         except DagsterGraphQLClientError as exc:
-            assert "closed the connection" in str(exc), exc
+            assert any(sign in str(exc) for sign in STALE_CONNECTION), exc
             stale.append(str(exc).splitlines()[0])
     else:
         raise AssertionError(f"the webserver did not recover from the restart: {stale}")
