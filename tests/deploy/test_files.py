@@ -80,8 +80,12 @@ def test_compose_renders_the_whole_stack_with_a_filled_env(tmp_path):
     assert config["networks"]["visionforge"]["name"] == "visionforge"
     assert services["code-server"]["environment"]["VISIONFORGE_DOCKER_NETWORK"] == "visionforge"
     # every variable the run launcher forwards is set on the processes that launch runs
-    for name in instance["run_launcher"]["config"]["env_vars"]:
+    forwarded = instance["run_launcher"]["config"]["env_vars"]
+    for name in forwarded:
         assert name in services["daemon"]["environment"], name
+    # a run's own process loads this instance too: whatever dagster.yaml reads must reach it
+    read = set(re.findall(r"\{env: ([A-Z_]+)\}", (DOCKER / "dagster.yaml").read_text()))
+    assert read <= set(forwarded), read - set(forwarded)
 
 
 def test_a_missing_secret_names_the_setting_to_fix(tmp_path):
