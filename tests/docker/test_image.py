@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT, tiny_params_dict, write_params
+from tests.services import stop_group
 
 pytestmark = pytest.mark.docker
 
@@ -124,16 +125,8 @@ def _stop_daemon(process: subprocess.Popen, docker: Docker, root: Path) -> None:
         leftover = docker("ps", "-aq", check=False).stdout.split()
         if leftover:
             docker("rm", "-f", *leftover, check=False)
-        process.terminate()  # dockerd stops its containerd and unmounts its layers itself
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait(timeout=10)
+    # dockerd stops its containerd (a process group of its own) and unmounts its layers itself
+    stop_group(process, ((signal.SIGTERM, 60),))
     for pid in _processes_naming(root):
         try:
             os.kill(pid, signal.SIGKILL)
