@@ -40,6 +40,7 @@ from assets.metadata import (
     values_entries,
 )
 from assets.resources import ParamsResource, TrackingResource
+from ops.distributed import Launch, train_task
 from ops.errors import DatasetError
 from ops.layout import TaskLayout
 from ops.tasks import task_spec, task_steps
@@ -61,6 +62,12 @@ class TrainRunConfig(Config):
         default=False,
         description="Continue from the last epoch checkpoint of an interrupted training run "
         "instead of starting over.",
+    )
+    nproc: int | None = Field(
+        default=None,
+        ge=1,
+        description="Training processes (torchrun, DistributedDataParallel) for this run; "
+        "unset: <task>.train.nproc from params. Rank 0's output streams into this run's log.",
     )
 
 
@@ -196,7 +203,10 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
         def progress(epoch: int) -> None:
             context.log.info(f"{task}/model: epoch {epoch}/{epochs} done")
 
-        result = steps.train(cfg, resume=config.resume, after_epoch=progress)
+        launch = Launch(nproc=config.nproc or getattr(cfg, task).train.nproc)
+        result = train_task(
+            task, cfg, resume=config.resume, after_epoch=progress, launch=launch, on_output=context.log.info
+        )
         metrics = steps.evaluate(cfg)
         last = result.history[-1] if result.history else {}
         metadata: dict[str, Any] = {

@@ -87,6 +87,31 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue from checkpoints/last.pt (same epoch, optimiser and scheduler state)",
     )
+    train.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="training processes on this node, launched with torchrun and joined by "
+        "DistributedDataParallel: one per GPU, or CPU processes sharing the cores (default: "
+        "<task>.train.nproc in params; batch_size stays the global batch)",
+    )
+    train.add_argument(
+        "--nnodes",
+        type=int,
+        default=1,
+        metavar="M",
+        help="machines taking part; run the same command on each, with --rdzv-endpoint "
+        "(default: %(default)s)",
+    )
+    train.add_argument(
+        "--rdzv-endpoint",
+        metavar="HOST:PORT",
+        help="where the nodes meet (torchrun's c10d rendezvous): one node's address, hosted by "
+        "that node. Needs a file system every node shares for artifacts/",
+    )
+    train.add_argument(
+        "--rdzv-id", metavar="ID", help="names this run at the endpoint (default: visionforge-<task>)"
+    )
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -261,7 +286,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.command == "promote":
         return tracker.promote(args.task, os.environ.get(PIPELINE_RUN_ENV)).to_dict()
     outcome = _run_step(args, params)
-    if args.command in TRACKED:
+    if args.command in TRACKED and outcome.get("node") != "done":
         record = tracker.log_step(args.task, args.command, os.environ.get(PIPELINE_RUN_ENV))
         if record is not None:
             outcome["mlflow"] = {
@@ -282,7 +307,17 @@ def _run_step(args: argparse.Namespace, params: Params) -> dict[str, Any]:
             for split, r in reports.items()
         }
     if args.command == "train":
-        result = steps.train(params, resume=args.resume)
+        from ops.distributed import Launch, train_task
+
+        launch = Launch(
+            nproc=getattr(params, args.task).train.nproc if args.nproc is None else args.nproc,
+            nnodes=args.nnodes,
+            rdzv_endpoint=args.rdzv_endpoint,
+            rdzv_id=args.rdzv_id,
+        )
+        result = train_task(args.task, params, resume=args.resume, launch=launch)
+        if result is None:
+            return {"node": "done", "detail": "rank 0 ran on another node; it wrote the model"}
         last = result.history[-1]
         return {
             "model": str(result.model_path),

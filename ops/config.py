@@ -168,6 +168,18 @@ class TrainLoopConfig(StrictModel):
         default=(0.9, 0.999),
         description="AdamW's moment decay rates (NAFNet trains with 0.9, 0.9).",
     )
+    nproc: int = Field(
+        default=1,
+        ge=1,
+        description="Training processes on this node (torchrun, DistributedDataParallel): one per "
+        "GPU, or CPU processes sharing the cores; batch_size stays the global batch.",
+    )
+    dist_timeout_s: float = Field(
+        default=600,
+        gt=0,
+        description="With several processes: the longest any rank waits for the others (a "
+        "collective, or the rendezvous of every node) before the run fails naming it.",
+    )
 
 
 class TrainConfig(TrainLoopConfig):

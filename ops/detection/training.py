@@ -16,7 +16,7 @@ from ops.detection.centernet import centernet_loss
 from ops.detection.coco import CocoSplit, load_coco_split
 from ops.detection.data import DetectionDataset, InputNormalizer
 from ops.detection.model import TrafficQuantizerNet
-from ops.io import atomic_path, write_json
+from ops.io import atomic_path
 from ops.train import (
     CHECKPOINT_FORMAT,
     LossFn,
@@ -24,11 +24,12 @@ from ops.train import (
     check_signature,
     fit,
     load_checkpoint,
-    plot_history,
     seed_everything,
+    write_training_outputs,
 )
 
 log = logging.getLogger(__name__)
+
 
 def detector_signature(model_cfg: ModelConfig, class_names: list[str]) -> dict[str, Any]:
     """What a checkpoint must match to be loaded into the model built from this config."""
@@ -153,15 +154,9 @@ def train_detector(
         after_epoch=after_epoch,
         prepare_inputs=InputNormalizer(model_cfg.mean, model_cfg.std),
     )
-    model_path = save_detector(out_dir / "model.pt", result.model.cpu(), model_cfg, split.class_names)
-    history_path = write_json(out_dir / "history.json", result.history)
-    curves_path = plot_history(result.history, out_dir / "training_curves.png")
-    return TrainResult(
-        model_path=model_path,
-        checkpoint_path=checkpoint_path,
-        curves_path=curves_path,
-        history_path=history_path,
-        history=result.history,
-        device=result.device,
-        num_train_images=len(split.images),
+    return write_training_outputs(
+        result,
+        out_dir,
+        lambda path, trained: save_detector(path, trained, model_cfg, split.class_names),
+        len(split.images),
     )

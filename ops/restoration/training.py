@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from ops.config import RestorationTrainConfig, RestorerConfig
 from ops.errors import DatasetError
-from ops.io import atomic_path, write_json
+from ops.io import atomic_path
 from ops.restoration.models import architecture_name, build_restorer
 from ops.restoration.pairs import PairSplit, read_rgb8
 from ops.train import (
@@ -27,8 +27,8 @@ from ops.train import (
     check_signature,
     fit,
     load_checkpoint,
-    plot_history,
     seed_everything,
+    write_training_outputs,
 )
 
 log = logging.getLogger(__name__)
@@ -209,15 +209,9 @@ def train_restorer(
         resume=resume,
         after_epoch=after_epoch,
     )
-    model_path = save_restorer(out_dir / "model.pt", result.model.cpu(), model_cfg)
-    history_path = write_json(out_dir / "history.json", result.history)
-    curves_path = plot_history(result.history, out_dir / "training_curves.png")
-    return TrainResult(
-        model_path=model_path,
-        checkpoint_path=checkpoint_path,
-        curves_path=curves_path,
-        history_path=history_path,
-        history=result.history,
-        device=result.device,
-        num_train_images=len(split.pairs),
+    return write_training_outputs(
+        result,
+        out_dir,
+        lambda path, trained: save_restorer(path, trained, model_cfg),
+        len(split.pairs),
     )
