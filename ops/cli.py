@@ -53,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(e.g. --set traffic.train.epochs=2); repeatable",
     )
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # Steps only: what a container pipeline (Kubeflow) runs in each pod.
+    step = argparse.ArgumentParser(add_help=False)
+    step.add_argument(
+        "--pipeline-run",
+        metavar="ID",
+        help="run as one pod of pipeline run ID: download the step's inputs from storage.s3 "
+        "(runs/ID/<path>) first, upload its outputs there after, and group its MLflow record "
+        "under ID (unless VISIONFORGE_PIPELINE_RUN is set)",
+    )
 
     parser = argparse.ArgumentParser(
         prog="visionforge",
@@ -62,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = commands.add_parser(
         "ingest",
-        parents=[common],
+        parents=[common, step],
         help="generate or locate a dataset, validate it, write its report",
         description="Write the procedural dataset (dataset.source: generate), fetch an archive "
         "(download, restoration tasks) or check an existing copy in the official layout (local: "
@@ -76,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train",
-        parents=[common],
+        parents=[common, step],
         help="train the task's model",
         description="Train on the train split. Writes artifacts/<task>/model/model.pt, a full "
         "checkpoint after every epoch (checkpoints/last.pt), history.json and training_curves.png.",
@@ -115,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "evaluate",
-        parents=[common],
+        parents=[common, step],
         help="score the trained model (detection: COCO mAP; restoration: PSNR/SSIM)",
         description="Run the trained PyTorch model on a split and score it: COCO mAP@0.5, "
         "mAP@[.5:.95] and per-class AP with pycocotools for detection, PSNR and SSIM beside the "
@@ -126,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser(
         "export",
-        parents=[common],
+        parents=[common, step],
         help="export the trained model to ONNX and torch.export, with a parity check",
         description="Export artifacts/<task>/model/model.pt to ONNX (input 'images'; detection: "
         "outputs 'heatmap', 'wh', 'offset', dynamic batch; restoration: output 'restored', dynamic "
@@ -138,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     quantize = commands.add_parser(
         "quantize",
-        parents=[common],
+        parents=[common, step],
         help="INT8 static quantisation of the ONNX model (ONNX Runtime, QDQ)",
         description="Quantise onnx/model.onnx to int8/model_int8.onnx with ONNX Runtime's static "
         "quantiser: per-channel int8 weights, uint8 activations calibrated on training images "
@@ -149,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     prune = commands.add_parser(
         "prune",
-        parents=[common],
+        parents=[common, step],
         help="structured channel pruning + short fine-tune, and what it really changes",
         description="Remove whole channels (prune.ratio of every prunable layer group, by weight "
         "magnitude; the heads' outputs are kept) with Torch-Pruning, fine-tune for "
@@ -160,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     engine = commands.add_parser(
         "build-engine",
-        parents=[common],
+        parents=[common, step],
         help="build TensorRT engines (needs an NVIDIA GPU and tensorrt; otherwise a recorded skip)",
         description="Build the TensorRT engines listed in tensorrt.precisions: FP16 from the ONNX "
         "model, INT8 from the QDQ model, with a dynamic-batch profile and a timing cache. Each "
@@ -171,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser(
         "validate",
-        parents=[common],
+        parents=[common, step],
         help="score every deployable backend and judge the release gates",
         description="Evaluate PyTorch, ONNX, ONNX INT8 and any TensorRT engine on the validation "
         "split (metrics/<backend>.json) and judge the gates of <task>.validation.* in params: "
@@ -182,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "benchmark",
-        parents=[common],
+        parents=[common, step],
         help="latency of every available backend, side by side in one run",
         description="Measure every backend this machine can run (PyTorch eager, channels-last, "
         "torch.compile, ONNX Runtime FP32 and INT8, CUDA and TensorRT where present) on the same "
@@ -192,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("task", choices=TASKS, help="which task's model")
     promote = commands.add_parser(
         "promote",
-        parents=[common],
+        parents=[common, step],
         help="release: alias 'candidate' on the validated versions, 'champion' if they earn it",
         description="Look up (or register) the MLflow model version of every artefact on disk, then "
         "set the alias 'candidate' on them and move 'champion' only when every validation gate "
@@ -231,6 +240,51 @@ def build_parser() -> argparse.ArgumentParser:
         "file in the DVC remote, a key in Dagster's key-value store). Exit status 1 when any fails.",
     )
     doctor.add_argument("--json", action="store_true", help="print the checks as JSON instead of lines")
+
+    kfp = commands.add_parser(
+        "kfp",
+        help="Kubeflow Pipelines: compile the pipeline (offline) from the stage table",
+        description="Kubeflow Pipelines v2. `compile` renders the same steps as dvc.yaml (plus the "
+        "release) as one container component per step in the project's image, ordered by the files "
+        "they read, with every params.yaml key a step depends on as a pipeline parameter.",
+    )
+    kfp_commands = kfp.add_subparsers(dest="kfp_command", required=True, metavar="ACTION")
+    kfp_compile = kfp_commands.add_parser(
+        "compile",
+        parents=[common],
+        help="write the pipeline's YAML (upload it in the Kubeflow UI or with the kfp client)",
+        description="Compile the pipeline with the kfp compiler, offline. Each pod runs `visionforge "
+        "<step> <task> --pipeline-run <job id>`: inputs from and outputs to storage.s3, credentials "
+        "from a Kubernetes secret, the params overlay from a config map (docker/k8s/).",
+    )
+    kfp_compile.add_argument("--task", choices=TASKS, help="one task's chain (default: every task)")
+    kfp_compile.add_argument(
+        "--image", default="visionforge:latest", help="the project's image (default: %(default)s)"
+    )
+    kfp_compile.add_argument(
+        "--gpus",
+        type=int,
+        default=0,
+        metavar="N",
+        help="GPUs the training pod requests; above 1, training runs N processes (default: %(default)s)",
+    )
+    kfp_compile.add_argument(
+        "--secret",
+        default="visionforge-credentials",
+        help="Kubernetes secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (default: %(default)s)",
+    )
+    kfp_compile.add_argument(
+        "--config-map",
+        default="visionforge-params",
+        help="config map holding params.deploy.yaml, the overlay (default: %(default)s)",
+    )
+    kfp_compile.add_argument(
+        "--output",
+        type=Path,
+        default=Path("build/kubeflow/pipeline.yaml"),
+        metavar="FILE",
+        help="where to write it (default: %(default)s)",
+    )
 
     bench.add_argument(
         "--full-size",
@@ -274,6 +328,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "state": state.state,
             "detail": state.describe(),
         }
+    if args.command == "kfp":
+        from ops.kubeflow import PipelineOptions, compile_pipeline, pipeline_steps
+
+        tasks = [args.task] if args.task else list(TASKS)
+        options = PipelineOptions(
+            image=args.image, gpus=args.gpus, secret=args.secret, overlay_config_map=args.config_map
+        )
+        path = compile_pipeline(params, args.output, tasks, options)
+        return {
+            "pipeline": str(path),
+            "steps": {task: [step.name for step in pipeline_steps(params, task)] for task in tasks},
+        }
     if args.command == "remote":
         from ops.storage import dvc_remote
         from ops.versioning import configure_remote
@@ -283,11 +349,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from ops.tracking import PIPELINE_RUN_ENV, Tracker
 
     tracker = Tracker(params)
+    pipeline_run = os.environ.get(PIPELINE_RUN_ENV) or args.pipeline_run
+    handoff = None
+    if args.pipeline_run:
+        from ops.handoff import Handoff
+
+        handoff = Handoff(params, args.pipeline_run)
+        handoff.pull(args.task, args.command)
     if args.command == "promote":
-        return tracker.promote(args.task, os.environ.get(PIPELINE_RUN_ENV)).to_dict()
+        return tracker.promote(args.task, pipeline_run).to_dict()
     outcome = _run_step(args, params)
+    if handoff is not None:
+        outcome["handed_over"] = len(handoff.push(args.task, args.command))
     if args.command in TRACKED and outcome.get("node") != "done":
-        record = tracker.log_step(args.task, args.command, os.environ.get(PIPELINE_RUN_ENV))
+        record = tracker.log_step(args.task, args.command, pipeline_run)
         if record is not None:
             outcome["mlflow"] = {
                 "run_id": record.run_id,

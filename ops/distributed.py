@@ -33,6 +33,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -180,7 +181,7 @@ def available_devices(device: str) -> tuple[str, int]:
     return "CPU core", os.cpu_count() or 1
 
 
-def check_launch(launch: Launch, device: str) -> None:
+def check_launch(launch: Launch, device: str, timeout_s: float) -> None:
     """Refuse a launch that cannot work before starting any process."""
     if launch.nproc < 1 or launch.nnodes < 1:
         raise ConfigError(f"--nproc and --nnodes must be at least 1 (got {launch.nproc}, {launch.nnodes})")
@@ -196,35 +197,49 @@ def check_launch(launch: Launch, device: str) -> None:
             raise ConfigError(
                 f"--nnodes {launch.nnodes} needs --rdzv-endpoint HOST:PORT (one node's address)"
             )
-        check_endpoint(launch.rdzv_endpoint)
+        wait_for_endpoint(launch.rdzv_endpoint, timeout_s)
 
 
-def check_endpoint(endpoint: str, timeout_s: float = 5.0) -> None:
-    """A rendezvous endpoint on another machine must accept connections before torchrun waits on
-    it; one on this machine is hosted by this node's torchrun."""
+def wait_for_endpoint(endpoint: str, timeout_s: float) -> None:
+    """Wait until a rendezvous endpoint on another machine accepts connections (its node may
+    still be starting, as pods of one job start together); one on this machine is hosted by this
+    node's torchrun. Fails naming the endpoint after ``timeout_s``."""
     host, sep, port = endpoint.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise ConfigError(f"--rdzv-endpoint {endpoint!r} is not HOST:PORT")
     if _is_this_machine(host):
         return
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
-            pass
-    except OSError as exc:
-        raise DistributedTrainingError(
-            f"rendezvous endpoint {endpoint} is unreachable from this node ({exc}); start the node "
-            "that hosts it first, or check the address and that the port is open"
-        ) from None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=min(5.0, timeout_s)):
+                return
+        except OSError as exc:
+            if time.monotonic() + 1 > deadline:
+                raise DistributedTrainingError(
+                    f"rendezvous endpoint {endpoint} was unreachable from this node for {timeout_s:g} s "
+                    f"(train.dist_timeout_s; last error: {exc}); start the node that hosts it, or "
+                    "check the address and that the port is open"
+                ) from None
+            time.sleep(1)
 
 
 def _is_this_machine(host: str) -> bool:
-    # torchrun makes the node whose address matches the endpoint host the rendezvous store.
+    """Whether torchrun on this machine hosts the endpoint: it compares the host with this
+    machine's names and addresses the same way."""
     if host in ("localhost", socket.gethostname(), socket.getfqdn()):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        if ipaddress.ip_address(host).is_loopback:
+            return True
     except ValueError:
+        pass
+    try:
+        theirs = {info[4][0] for info in socket.getaddrinfo(host, None)}
+        ours = {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
+    except OSError:
         return False
+    return bool(theirs & ours)
 
 
 def train_task(
@@ -246,7 +261,7 @@ def train_task(
     launch = launch or Launch(nproc=train_cfg.nproc)
     if launch.single_process:
         return task_steps(task).train(params, resume=resume, after_epoch=after_epoch)
-    check_launch(launch, train_cfg.device)
+    check_launch(launch, train_cfg.device, train_cfg.dist_timeout_s)
     return _run_torchrun(task, params, resume, launch, on_output or _print_line, worker_module)
 
 

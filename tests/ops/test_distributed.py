@@ -234,8 +234,9 @@ def test_impossible_launches_are_refused_before_any_process_starts(workdir):
         train_task("sidd", params, launch=Launch(nnodes=2))
     with pytest.raises(ConfigError, match="not HOST:PORT"):
         train_task("sidd", params, launch=Launch(nnodes=2, rdzv_endpoint="node-0"))
-    with pytest.raises(DistributedTrainingError, match="nowhere.invalid:29400 is unreachable"):
-        train_task("sidd", params, launch=Launch(nnodes=2, rdzv_endpoint="nowhere.invalid:29400"))
+    brief = _params(workdir, "refused", **{"sidd.train.dist_timeout_s": 2})
+    with pytest.raises(DistributedTrainingError, match="nowhere.invalid:29400 was unreachable .* for 2 s"):
+        train_task("sidd", brief, launch=Launch(nnodes=2, rdzv_endpoint="nowhere.invalid:29400"))
     with pytest.raises(ConfigError, match="must divide evenly over 3 processes"):
         per_rank_batch(4, World(world_size=3))
     assert not (Path(params.project.artifacts_dir) / "sidd" / "model").exists()
