@@ -39,7 +39,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@echo "==> creating $(VENV): torch==2.13.0 (CPU build) first, then the pinned project"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0 2>&1 | $(PIP_QUIET)
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,deploy]' 2>&1 | $(PIP_QUIET)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,deploy,kubeflow]' 2>&1 | $(PIP_QUIET)
 	touch $@
 
 # DVC gets its own environment (its antlr4 pin breaks Dagster's selection parser); its

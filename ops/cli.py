@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     kfp_compile.add_argument("--task", choices=TASKS, help="one task's chain (default: every task)")
     kfp_compile.add_argument(
-        "--image", default="visionforge:latest", help="the project's image (default: %(default)s)"
+        "--image", default="visionforge:cpu", help="the project's image (default: %(default)s)"
     )
     kfp_compile.add_argument(
         "--gpus",

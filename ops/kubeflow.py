@@ -40,7 +40,7 @@ CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 @dataclass(frozen=True)
 class PipelineOptions:
-    image: str = "visionforge:latest"
+    image: str = "visionforge:cpu"  # the tag docker/compose.yaml uses
     gpus: int = 0  # per training pod; also the training processes (--nproc)
     secret: str = "visionforge-credentials"  # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (+ MLflow's)
     overlay_config_map: str = "visionforge-params"  # holds params.deploy.yaml
@@ -160,7 +160,13 @@ def compile_pipeline(
     params: Params, output: Path, tasks: Sequence[str] | None = None, options: PipelineOptions | None = None
 ) -> Path:
     """Write the Kubeflow Pipelines v2 YAML of ``tasks`` (default: every task) to ``output``."""
-    from kfp import compiler
+    try:
+        from kfp import compiler, kubernetes  # noqa: F401  (kubernetes: checked here, used per step)
+    except ImportError as exc:
+        raise ConfigError(
+            f"visionforge kfp needs the Kubeflow Pipelines SDK ({exc.name} is missing): "
+            "pip install 'visionforge[kubeflow]'"
+        ) from None
 
     tasks = list(tasks or TASKS)
     for task in tasks:
