@@ -242,6 +242,8 @@ def _fit(
             dataset,
             batch_size=rank_batch,
             sampler=sampler,
+            # seeds the loader's worker processes, and keeps torch's global RNG untouched
+            generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch),
             num_workers=cfg.num_workers,
             drop_last=False,
             pin_memory=device.type == "cuda",
