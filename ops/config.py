@@ -120,7 +120,16 @@ class ModelConfig(StrictModel):
     upsample: tuple[bool, bool, bool] = Field(
         description="Which of the three decoder layers really upsample (3UP = all true)."
     )
-    backbone: Literal["resnet18"] = Field(description="Feature extractor.")
+    backbone: Literal["resnet18", "hrnet"] = Field(
+        description="Feature extractor: resnet18 + a 3-layer upsampling decoder (the seed), or hrnet "
+        "(seed 002: parallel branches at strides 4-32 with repeated fusion, stride-4 output, no decoder)."
+    )
+    hrnet_width: int = Field(
+        default=32,
+        ge=8,
+        description="hrnet only: channels of the stride-4 branch (the others have 2, 4 and 8 times "
+        "as many); a multiple of 8. HRNet-W32 is 32; the demo uses 8.",
+    )
     head_width: int = Field(gt=0, description="Channels of the 3x3 conv in each prediction head.")
     decoder_skips: bool = Field(
         description="Add the backbone's map of the same resolution to each upsampling decoder "
@@ -135,6 +144,22 @@ class ModelConfig(StrictModel):
         if value % 32:  # five stride-2 stages in the backbone
             raise ValueError("must be a multiple of 32")
         return value
+
+    @field_validator("hrnet_width")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError(
+                f"must be a multiple of 8: the branches have {value}, {2 * value}, {4 * value} and "
+                f"{8 * value} channels, and the integer kernels work on groups of 8"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _skips_need_a_decoder(self) -> ModelConfig:
+        if self.backbone == "hrnet" and self.decoder_skips:
+            raise ValueError("decoder_skips applies to resnet18 only: hrnet has no decoder (set it false)")
+        return self
 
 
 class AugmentConfig(StrictModel):

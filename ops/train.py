@@ -107,14 +107,26 @@ def load_checkpoint(path: Path, signature: dict[str, Any] | None = None) -> dict
 
 def check_signature(path: Path, saved: dict[str, Any], expected: dict[str, Any]) -> None:
     differences = [
-        f"{key}: checkpoint has {saved.get(key)!r}, config has {expected.get(key)!r}"
-        for key in sorted(set(saved) | set(expected))
-        if saved.get(key) != expected.get(key)
+        f"{key}: checkpoint has {theirs!r}, config has {ours!r}"
+        for key, (theirs, ours) in _differences(saved, expected).items()
     ]
     if differences:
         raise CheckpointError(
             f"checkpoint {path} was written by a different model config:\n  " + "\n  ".join(differences)
         )
+
+
+def _differences(saved: dict[str, Any], expected: dict[str, Any], prefix: str = "") -> dict[str, tuple]:
+    """Dotted key -> (saved, expected) for every differing leaf (nested dicts are compared key by key,
+    so ``model.backbone: checkpoint has 'resnet18', config has 'hrnet'`` names the one that differs)."""
+    found: dict[str, tuple] = {}
+    for key in sorted(set(saved) | set(expected)):
+        theirs, ours = saved.get(key), expected.get(key)
+        if isinstance(theirs, dict) and isinstance(ours, dict):
+            found.update(_differences(theirs, ours, f"{prefix}{key}."))
+        elif theirs != ours:
+            found[f"{prefix}{key}"] = (theirs, ours)
+    return found
 
 
 @dataclass

@@ -54,6 +54,8 @@ CHANNEL_MULTIPLE = 8
 # ResNet channel widths at width_mult 1.0, and the decoder's, from the seed's table.
 RESNET_WIDTHS = (64, 128, 256, 512)
 DECODER_WIDTHS = (256, 128, 64)
+# The heads read a stride-4 map in the seed's "3UP" model; a backbone that keeps one skips the decoder.
+TARGET_OUTPUT_STRIDE = 4
 
 
 class ModelConfigError(ConfigError, ValueError):
@@ -98,6 +100,7 @@ class TrafficNetConfig:
     backbone: str = "resnet18"
     head_width: int = 64
     decoder_skips: bool = False
+    hrnet_width: int = 32
 
     def __post_init__(self) -> None:
         # YAML gives lists; store a tuple so configs compare and hash by value.
@@ -133,6 +136,17 @@ class TrafficNetConfig:
         if not isinstance(self.decoder_skips, bool):
             raise ModelConfigError(
                 f"TrafficNetConfig.decoder_skips must be a boolean, got {self.decoder_skips!r}"
+            )
+        if not is_int(self.hrnet_width) or self.hrnet_width < 8 or self.hrnet_width % CHANNEL_MULTIPLE:
+            raise ModelConfigError(
+                f"TrafficNetConfig.hrnet_width must be a positive multiple of {CHANNEL_MULTIPLE} (its "
+                f"branches have 1, 2, 4 and 8 times as many channels, each a multiple of {CHANNEL_MULTIPLE} "
+                f"for the integer kernels), got {self.hrnet_width!r}"
+            )
+        if self.backbone == "hrnet" and self.decoder_skips:
+            raise ModelConfigError(
+                "TrafficNetConfig.decoder_skips applies to resnet18 only: the hrnet backbone keeps the "
+                "stride-4 map itself and the detector has no decoder to add skips to"
             )
         if not is_int(self.head_width) or self.head_width < 1:
             raise ModelConfigError(
@@ -233,12 +247,25 @@ def resnet18_backbone(config: TrafficNetConfig) -> ResNetBackbone:
     return ResNetBackbone(widths=widths, depths=(2, 2, 2, 2))
 
 
+def hrnet_backbone(config: TrafficNetConfig) -> nn.Module:
+    """HRNet (seed 002) with branches of ``hrnet_width`` x 1, 2, 4, 8 channels; its stem and its
+    stride-4 output are as wide as the ResNet detector's stem and last decoder layer."""
+    from ops.detection.hrnet import HRNetBackbone  # it builds on this module's blocks
+
+    return HRNetBackbone(
+        width=config.hrnet_width,
+        out_channels=scale_channels(DECODER_WIDTHS[-1], config.width_mult),
+        stem_width=scale_channels(RESNET_WIDTHS[0], config.width_mult),
+    )
+
+
 # The backbone seam: name -> builder. A builder returns an nn.Module mapping (B,3,H,W) to
 # one feature map and exposing ``out_channels`` and ``output_stride`` (and, for decoder
-# skips, ``features``, ``feature_strides`` and ``feature_channels``). An HRNet-style
-# backbone (seed 002) is meant to be added here.
+# skips, ``features``, ``feature_strides`` and ``feature_channels``). A backbone whose output
+# is already at stride 4 gets no decoder.
 BACKBONES: dict[str, Callable[[TrafficNetConfig], nn.Module]] = {
     "resnet18": resnet18_backbone,
+    "hrnet": hrnet_backbone,
 }
 
 
@@ -346,10 +373,14 @@ class TrafficQuantizerNet(nn.Module):
         self.config = _resolve_config(config, overrides)
         cfg = self.config
         self.backbone = BACKBONES[cfg.backbone](cfg)
-        widths = tuple(scale_channels(c, cfg.width_mult) for c in DECODER_WIDTHS)
+        if self.backbone.output_stride == TARGET_OUTPUT_STRIDE:  # HRNet: nothing to recover
+            widths, upsample = (), ()
+        else:
+            widths = tuple(scale_channels(c, cfg.width_mult) for c in DECODER_WIDTHS)
+            upsample = cfg.upsample
         # decoder layer index -> backbone stage, for the skips (empty without them)
-        self.skip_sources = _skip_sources(self.backbone, widths, cfg.upsample) if cfg.decoder_skips else {}
-        self.decoder = Decoder(self.backbone.out_channels, widths, cfg.upsample, tuple(self.skip_sources))
+        self.skip_sources = _skip_sources(self.backbone, widths, upsample) if cfg.decoder_skips else {}
+        self.decoder = Decoder(self.backbone.out_channels, widths, upsample, tuple(self.skip_sources))
         self.heads = PredictionHeads(self.decoder.out_channels, cfg.num_classes, cfg.head_width)
         # Stride of the output maps relative to the input: 32 / 8 = 4 for "3UP".
         self.output_stride: int = self.backbone.output_stride // self.decoder.scale

@@ -33,11 +33,10 @@ log = logging.getLogger(__name__)
 
 def detector_signature(model_cfg: ModelConfig, class_names: list[str]) -> dict[str, Any]:
     """What a checkpoint must match to be loaded into the model built from this config."""
-    return {
-        "architecture": "TrafficQuantizerNet",
-        "model": {k: list(v) if isinstance(v, tuple) else v for k, v in model_cfg.model_dump().items()},
-        "class_names": list(class_names),
-    }
+    model = {k: list(v) if isinstance(v, tuple) else v for k, v in model_cfg.model_dump().items()}
+    if model_cfg.backbone != "hrnet":  # so checkpoints from before the field existed still match
+        model.pop("hrnet_width")
+    return {"architecture": "TrafficQuantizerNet", "model": model, "class_names": list(class_names)}
 
 
 def build_detector(model_cfg: ModelConfig, num_classes: int) -> TrafficQuantizerNet:
@@ -49,6 +48,7 @@ def build_detector(model_cfg: ModelConfig, num_classes: int) -> TrafficQuantizer
         backbone=model_cfg.backbone,
         head_width=model_cfg.head_width,
         decoder_skips=model_cfg.decoder_skips,
+        hrnet_width=model_cfg.hrnet_width,
     )
 
 
