@@ -74,7 +74,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def tiny_model(seed: int) -> TrafficQuantizerNet:
+def tiny_model(seed: int, **architecture: object) -> TrafficQuantizerNet:
     """The test's detector: small, with output heads re-drawn so scores, sizes and offsets spread.
 
     Freshly initialised heads predict an almost constant heatmap and zero sizes, which would
@@ -82,7 +82,11 @@ def tiny_model(seed: int) -> TrafficQuantizerNet:
     """
     torch.manual_seed(seed)
     model = TrafficQuantizerNet(
-        num_classes=len(TRAFFIC_CLASSES), input_size=INPUT_SIZE, width_mult=0.25, head_width=16
+        num_classes=len(TRAFFIC_CLASSES),
+        input_size=INPUT_SIZE,
+        width_mult=0.25,
+        head_width=16,
+        **architecture,
     )
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

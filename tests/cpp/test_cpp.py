@@ -138,6 +138,53 @@ def test_program_matches_python_pipeline(
     assert not list(tmp_path.glob(".*partial*")), "temporary files left behind"
 
 
+def test_program_runs_an_hrnet_detector_like_the_python_pipeline(
+    ctest_run: subprocess.CompletedProcess[str], tmp_path: Path
+) -> None:
+    """One output contract for every backbone: the program needs no change for HRNet's ONNX."""
+    from ops.deploy.export import export_onnx
+    from ops.deploy.runtime import OnnxRuntimePredictor
+    from ops.detection.coco import read_image_rgb
+    from ops.detection.data import detector_metadata
+    from tests.cpp import make_test_vectors as vectors
+
+    manifest = json.loads((VECTORS / "manifest.json").read_text())
+    model = vectors.tiny_model(7, backbone="hrnet", hrnet_width=8)
+    model_path = export_onnx(
+        model,
+        detector_metadata(model, vectors.MEAN, vectors.STD, vectors.INPUT_SIZE, vectors.TRAFFIC_CLASSES),
+        tmp_path / "hrnet.onnx",
+    )
+    images = sorted((VECTORS / "images").iterdir())
+    reference = tmp_path / "python.jsonl"
+    vectors.python_jsonl(
+        OnnxRuntimePredictor(model_path, threads=manifest["threads"]),
+        [(str(p.relative_to(VECTORS)), i, read_image_rgb(p)) for i, p in enumerate(images)],
+        reference,
+    )
+    detections = tmp_path / "detections.jsonl"
+    run = _run(
+        [
+            str(PROGRAM),
+            str(model_path),
+            str(VECTORS / "images"),
+            "--threshold",
+            str(manifest["program_threshold"]),
+            "--top-k",
+            str(manifest["top_k"]),
+            "--threads",
+            str(manifest["threads"]),
+            "--json",
+            str(detections),
+        ],
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    ours, theirs = _lines(detections), _lines(reference)
+    assert sum(len(line["detections"]) for line in theirs) > 0, "the reference detects something"
+    _assert_same_detections(ours, theirs)
+
+
 def test_program_survives_corrupt_frames(ctest_run: subprocess.CompletedProcess[str], tmp_path: Path) -> None:
     manifest = json.loads((VECTORS / "manifest.json").read_text())
     corrupt = manifest["corrupt_video"]
