@@ -21,6 +21,7 @@ from pathlib import Path
 
 import cv2
 import pytest
+import torch
 
 from tests.conftest import REPO_ROOT
 
@@ -150,6 +151,10 @@ def test_program_runs_an_hrnet_detector_like_the_python_pipeline(
 
     manifest = json.loads((VECTORS / "manifest.json").read_text())
     model = vectors.tiny_model(7, backbone="hrnet", hrnet_width=8)
+    # HRNet's fused map is larger than the ResNet decoder's: at the vectors' head weights every
+    # score saturates at 1.0 (ties in any order); scaled down, 53 distinct scores are above 0.3.
+    with torch.no_grad():
+        model.heads.heatmap[-1].weight.mul_(0.005)
     model_path = export_onnx(
         model,
         detector_metadata(model, vectors.MEAN, vectors.STD, vectors.INPUT_SIZE, vectors.TRAFFIC_CLASSES),
