@@ -98,6 +98,29 @@ def _assert_same_detections(cpp: list[dict], python: list[dict]) -> None:
             assert a["box"] == pytest.approx(b["box"], abs=BOX_TOLERANCE), f"{where} rank {rank}"
 
 
+def _detect(model: Path, source: Path, detections: Path, *output: str) -> None:
+    """The program at the vectors' threshold, top-k and threads; its JSON lines to ``detections``."""
+    manifest = json.loads((VECTORS / "manifest.json").read_text())
+    run = _run(
+        [
+            str(PROGRAM),
+            str(model),
+            str(source),
+            "--threshold",
+            str(manifest["program_threshold"]),
+            "--top-k",
+            str(manifest["top_k"]),
+            "--threads",
+            str(manifest["threads"]),
+            "--json",
+            str(detections),
+            *output,
+        ],
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+
+
 @pytest.mark.parametrize(
     ("input_name", "reference"), [("clip.mp4", "python_clip.jsonl"), ("images", "python_images.jsonl")]
 )
@@ -107,25 +130,7 @@ def test_program_matches_python_pipeline(
     manifest = json.loads((VECTORS / "manifest.json").read_text())
     output = tmp_path / ("annotated.mp4" if input_name.endswith(".mp4") else "annotated")
     detections = tmp_path / "detections.jsonl"
-    run = _run(
-        [
-            str(PROGRAM),
-            str(VECTORS / manifest["model"]),
-            str(VECTORS / input_name),
-            "--threshold",
-            str(manifest["program_threshold"]),
-            "--top-k",
-            str(manifest["top_k"]),
-            "--threads",
-            str(manifest["threads"]),
-            "--json",
-            str(detections),
-            "--output",
-            str(output),
-        ],
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr
+    _detect(VECTORS / manifest["model"], VECTORS / input_name, detections, "--output", str(output))
     _assert_same_detections(_lines(detections), _lines(VECTORS / reference))
     if output.suffix == ".mp4":
         capture = cv2.VideoCapture(str(output))
@@ -168,23 +173,7 @@ def test_program_runs_an_hrnet_detector_like_the_python_pipeline(
         reference,
     )
     detections = tmp_path / "detections.jsonl"
-    run = _run(
-        [
-            str(PROGRAM),
-            str(model_path),
-            str(VECTORS / "images"),
-            "--threshold",
-            str(manifest["program_threshold"]),
-            "--top-k",
-            str(manifest["top_k"]),
-            "--threads",
-            str(manifest["threads"]),
-            "--json",
-            str(detections),
-        ],
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr
+    _detect(model_path, VECTORS / "images", detections)
     ours, theirs = _lines(detections), _lines(reference)
     assert sum(len(line["detections"]) for line in theirs) > 0, "the reference detects something"
     _assert_same_detections(ours, theirs)

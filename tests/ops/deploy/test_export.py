@@ -42,9 +42,16 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 def _trained_looking_model() -> TrafficQuantizerNet:
     """A tiny detector whose BatchNorm layers hold non-trivial statistics, as after training."""
     torch.manual_seed(0)
-    model = TrafficQuantizerNet(
-        num_classes=len(CLASSES), input_size=SIZE, width_mult=0.25, head_width=16, decoder_skips=True
+    return with_trained_statistics(
+        TrafficQuantizerNet(
+            num_classes=len(CLASSES), input_size=SIZE, width_mult=0.25, head_width=16, decoder_skips=True
+        )
     )
+
+
+def with_trained_statistics(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode with BatchNorm statistics and affine terms that are not identity, as
+    after training, so export and BN folding are really exercised."""
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)

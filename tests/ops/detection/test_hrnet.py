@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from ops.config import ModelConfig, QuantizeConfig
 from ops.deploy.export import export_onnx, parity
@@ -19,6 +18,7 @@ from ops.detection.model import ModelConfigError, TrafficQuantizerNet
 from ops.detection.traffic import quantize_settings
 from ops.detection.training import build_detector, detector_signature, load_detector, save_detector
 from ops.errors import CheckpointError
+from tests.ops.deploy.test_export import with_trained_statistics
 
 SIZE = 128
 CLASSES = ["car", "truck", "bus", "pedestrian"]
@@ -30,14 +30,7 @@ def _model(**overrides) -> TrafficQuantizerNet:
     values = dict(
         num_classes=4, input_size=SIZE, width_mult=0.25, head_width=16, backbone="hrnet", hrnet_width=8
     )
-    model = TrafficQuantizerNet(**{**values, **overrides})
-    for module in model.modules():  # statistics as after training, so BN folding is exercised
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.2, 0.2)
-    return model.eval()
+    return with_trained_statistics(TrafficQuantizerNet(**{**values, **overrides}))
 
 
 def test_branches_run_at_strides_4_to_32_with_doubling_widths():
