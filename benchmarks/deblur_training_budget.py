@@ -8,7 +8,8 @@ probe of two short epochs measures the run's crops per second; the run then trai
 ``--budget`` seconds' worth of crops with a complete warm-up + cosine schedule, split into
 ``--evals`` epochs, and after each epoch the checkpoint is scored on the test split by the
 pipeline's evaluation (8-bit outputs, PSNR/SSIM at data range 255). Evaluation time is not
-counted as training time.
+counted as training time. The budget is approximate (short probe epochs pay the loader's
+start-up, so long ones run faster): the curve's ``train_s`` is what was measured.
 
 Runs (``RUNS``): ``demo`` is ``params.yaml``'s network and recipe, only longer; ``gopro-w32``
 is NAFNet's published GoPro network (width 32, encoder [1, 1, 1, 28]) with 128 px crops.
