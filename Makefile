@@ -20,7 +20,7 @@ MLFLOW_PORT ?= 5000
 # This machine's pip config lists extra local indexes that may be absent; their warnings are noise.
 PIP_QUIET := grep -v 'is ignored: it is neither a file nor a directory' || true
 
-.PHONY: help setup browser demo repro ui test test-fast docker-test lint clean cpp-deps cpp demo-video detect-video postgres-deps
+.PHONY: help setup browser demo repro ui test test-fast faults docker-test lint clean cpp-deps cpp demo-video detect-video postgres-deps
 
 help:
 	@echo "make demo       set up .venv, then materialise the whole asset graph (every task) on generated data"
@@ -29,6 +29,7 @@ help:
 	@echo "                and the MLflow UI (runs, registry) on http://$(UI_HOST):$(MLFLOW_PORT)"
 	@echo "make test       set up .venv, then run the whole test suite (what CI runs)"
 	@echo "make test-fast  the tests without the slow end-to-end ones"
+	@echo "make faults     kill every step of a tiny pipeline at 56 seeded moments; check nothing is lost (build/faults.json)"
 	@echo "make docker-test  build the project's image with a local Docker daemon and run the pipeline in it"
 	@echo "make cpp        build the C++ detector into build/cpp (installs its Debian packages if missing)"
 	@echo "make detect-video  run the C++ detector on the demo's traffic video (after make demo)"
@@ -159,6 +160,14 @@ docker-test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -ra -m 'not slow and not docker' $(PYTEST_WORKERS)
+
+# Kill anywhere (benchmarks/faults.py): SIGKILL each step of a tiny pipeline at FAULT_KILLS seeded
+# moments, re-run it, check the invariants; prints the table and writes build/faults.json.
+# Exit status 1 on any violation. The test suite runs a kill per step; this is the campaign.
+FAULT_KILLS ?= 56
+FAULT_SEED ?= 0
+faults: setup
+	$(BIN)/python -m benchmarks.faults --kills $(FAULT_KILLS) --seed $(FAULT_SEED) --out build/faults.json
 
 lint: setup
 	$(BIN)/ruff check ops assets pipelines tests benchmarks

@@ -7,10 +7,51 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
+import re
+import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from ops.failpoints import failpoint
+
+
+def pid_is_alive(pid: int) -> bool:
+    """Whether a process with this id exists (it may belong to another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def temp_name(final_name: str, tag: str = "") -> str:
+    """A hidden name beside ``final_name`` that records the writing process:
+    ``.<final_name>.<tag><pid>-<random>.tmp``, so a later writer can tell a dead writer's
+    leftover (removed by :func:`sweep_stale_temps`) from a live writer's work."""
+    return f".{final_name}.{tag}{os.getpid()}-{secrets.token_hex(4)}.tmp"
+
+
+def sweep_stale_temps(parent: Path, final_name: str) -> list[Path]:
+    """Remove what writers of ``final_name`` that died (``kill -9``, power loss) left in
+    ``parent``: temp files and directories from :func:`temp_name` whose process is gone."""
+    pattern = re.compile(rf"\.{re.escape(final_name)}\.[a-z-]*?(\d+)-[0-9a-f]{{8}}\.tmp")
+    removed: list[Path] = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(parent):
+            match = pattern.fullmatch(entry.name)
+            if match is None or pid_is_alive(int(match.group(1))):
+                continue
+            path = Path(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager
@@ -18,15 +59,17 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place only on success.
 
     The temporary file lives in the same directory so the final ``os.replace`` is atomic
-    on POSIX filesystems. On any exception the temporary file is removed.
+    on POSIX filesystems. On any exception the temporary file is removed; one left by a writer
+    that was killed is removed by the next writer of the same file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    sweep_stale_temps(path.parent, path.name)
+    tmp = path.parent / temp_name(path.name)
+    tmp.touch(exist_ok=False)
     try:
         yield tmp
+        failpoint(f"write:{path.name}")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from ops.config import Params
 from ops.errors import TrackingError, VisionForgeError
+from ops.failpoints import failpoint
 from ops.io import sha256_file
 from ops.layout import TaskLayout
 from ops.stages import CPU_BACKENDS, Stage, deployable_artefacts, stage
@@ -258,11 +259,13 @@ class Tracker:
         from mlflow.exceptions import MlflowException
 
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except MlflowException as exc:
             raise TrackingError(f"MLflow at {self.safe_uri}: {what} failed: {redact(str(exc))}") from None
         except OSError as exc:  # connection errors surface as requests/urllib3 OSErrors
             raise TrackingError(f"MLflow at {self.safe_uri}: {what} failed: {redact(str(exc))}") from None
+        failpoint(f"mlflow:{what}")
+        return result
 
     # --- experiments and runs ------------------------------------------------------------------
 
@@ -711,6 +714,7 @@ class Tracker:
                     version = versions[fmt]
                     client.set_registered_model_alias(version.name, alias, version.version)
                     done.append((fmt, alias))
+                    failpoint(f"mlflow:moving {alias} of {fmt}")
             except Exception as exc:
                 self._restore_aliases(client, task, done, before)
                 raise TrackingError(

@@ -26,6 +26,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def dead_pid() -> int:
+    """The id of a process that has exited (what a killed writer's leftovers record)."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    return int(done.stdout)
+
+
 def wait_for_http(url: str, process: subprocess.Popen, timeout_s: float) -> None:
     """Until ``url`` answers at all (an HTTP error status is an answer); fails if ``process`` exits."""
     deadline = time.monotonic() + timeout_s

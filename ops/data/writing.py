@@ -9,7 +9,6 @@ import errno
 import json
 import multiprocessing
 import os
-import secrets
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ops.errors import DatasetError
+from ops.failpoints import failpoint
+from ops.io import sweep_stale_temps, temp_name
 
 STAMP_NAME = ".generator.json"
 
@@ -34,9 +35,11 @@ def default_workers() -> int:
 
 
 def sibling_dir(root: Path, tag: str) -> Path:
-    """A fresh hidden directory beside ``root`` (same filesystem: the final rename is atomic)."""
+    """A fresh hidden directory beside ``root`` (same filesystem: the final rename is atomic).
+    What a killed generator left beside ``root`` is removed first."""
+    sweep_stale_temps(root.parent, root.name)
     while True:
-        path = root.parent / f".{root.name}.{tag}-{secrets.token_hex(4)}"
+        path = root.parent / temp_name(root.name, f"{tag}-")
         try:
             path.mkdir()
             return path
@@ -51,6 +54,7 @@ def swap_into_place(tmp: Path, root: Path) -> None:
         old = sibling_dir(root, "old")
         os.rmdir(old)
         os.rename(root, old)
+    failpoint("dataset:swap")
     try:
         os.rename(tmp, root)
     except BaseException:
@@ -90,7 +94,9 @@ def keep_generated(
     """Whether ``root`` already holds what ``stamp`` describes (then it is kept as is).
 
     A missing or empty root, or one this generator wrote with another configuration, is to be
-    (re)generated; a file, or a directory of files no generator wrote, is refused."""
+    (re)generated; a file, or a directory of files no generator wrote, is refused. What a killed
+    generation left beside ``root`` goes either way."""
+    sweep_stale_temps(root.parent, root.name)
     if not root.exists():
         return False
     if not root.is_dir():

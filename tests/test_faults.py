@@ -1,0 +1,96 @@
+"""The kill-anywhere harness (``make faults``) against the real pipeline: a kill at every step is
+survived, the invariant checks catch each kind of damage they guard against, and bad requests
+to the harness are refused. ``make faults`` runs the full campaign (56 kills)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+from mlflow import MlflowClient
+
+from benchmarks.faults import SECRETS, STEPS, Campaign, HarnessError, KillPoint, main, summarise
+from ops.layout import TaskLayout
+from ops.tracking import registered_model_name, tracking_uri
+from tests.services import dead_pid
+
+TASK = "sidd"
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Campaign]:
+    workdir = tmp_path_factory.mktemp("faults")
+    campaign = Campaign(workdir, TASK)
+    campaign.reference()
+    yield campaign
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_the_reference_passes_kill_points_in_every_writing_step(campaign):
+    passed = {step: {name for name, _, _ in campaign.references[step].passes} for step in STEPS}
+    assert "dataset:swap" in passed["ingest"]
+    assert {"write:last.pt", "write:model.pt"} <= passed["train"]
+    assert "write:model.onnx" in passed["export"]
+    assert any(name.startswith("mlflow:registering") for name in passed["export"])
+    assert any(name.startswith("mlflow:moving champion") for name in passed["promote"])
+    assert passed["push"] == set()  # DVC's own code: killed after a delay instead
+    assert campaign.violations("push") == []
+
+
+def test_the_checks_catch_every_kind_of_damage(campaign):
+    run = campaign.run_dir
+    layout = TaskLayout.for_task(campaign.params(), TASK)
+    leftover = layout.validation.parent / f".{layout.validation.name}.{dead_pid()}-0123abcd.tmp"
+    leftover.write_text("{")
+    metrics = layout.metrics("onnx")
+    metrics.write_text(metrics.read_text()[:10])
+
+    uri = tracking_uri(campaign.params())
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    name = registered_model_name(TASK, "onnx")
+    champion = client.get_model_version_by_alias(name, "champion")
+    Path(unquote(urlparse(champion.source).path)).write_bytes(b"not the model")
+    unvalidated = client.create_model_version(name, champion.source, tags={"sha256": "0" * 64})
+    client.set_registered_model_alias(name, "candidate", unvalidated.version)
+    remote_object = next(p for p in (run / "dvc-storage").rglob("*") if p.is_file())
+    remote_object.write_bytes(b"truncated")
+    (run / "artifacts" / "notes.txt").write_text(f"key={SECRETS['AWS_SECRET_ACCESS_KEY']}")
+
+    found = "\n".join(campaign.violations("push"))
+    assert f"a killed writer's leftover remains: {leftover.relative_to(run)}" in found
+    assert f"truncated or corrupt JSON: {metrics.relative_to(run)}" in found
+    assert f"{name} v{champion.version}'s file does not match its sha256 tag" in found
+    assert f"{name}@candidate points at v{unvalidated.version}, whose validation did not pass" in found
+    assert "does not hash to its name" in found
+    assert f"AWS_SECRET_ACCESS_KEY appears in {run / 'artifacts' / 'notes.txt'}" in found
+    assert "push's outputs differ" not in found  # the remote still holds the same objects
+
+
+def test_a_kill_at_every_step_is_survived(campaign):
+    trials = [campaign.trial(point) for point in campaign.plan(len(STEPS), seed=1)]
+    rows = {row["step"]: row for row in summarise(STEPS, trials)}
+    problems = [v for t in trials for v in t.violations]
+    assert problems == []
+    assert sum(row["kills"] for row in rows.values()) >= len(STEPS) - 1, rows
+    assert all(row["recovered"] == row["kills"] for row in rows.values())
+
+
+def test_a_killed_training_resumes_to_the_uninterrupted_weights(campaign):
+    trial = campaign.trial(KillPoint("train", "write:last.pt", 2))
+    assert trial.killed and trial.rerun_exit == 0 and trial.violations == []
+    log = (campaign.workdir / "logs" / "train.log").read_text()
+    assert "resuming from" in log
+
+
+def test_bad_requests_to_the_harness_are_refused(campaign, tmp_path, capsys):
+    with pytest.raises(HarnessError, match="unknown step.*bogus.*the steps are ingest"):
+        Campaign(tmp_path, TASK, ("ingest", "bogus"))
+    with pytest.raises(HarnessError, match="no step among .* passes write:nothing@1"):
+        campaign.plan(3, seed=0, point="write:nothing@1")
+    with pytest.raises(HarnessError, match="passes write:last.pt@99"):
+        campaign.plan(1, seed=0, point="write:last.pt@99")
+    assert main(["--steps", "bogus", "--workdir", str(tmp_path / "w")]) == 2
+    assert "unknown step(s) bogus" in capsys.readouterr().err
