@@ -485,7 +485,10 @@ def main(argv: list[str] | None = None) -> int:
         "--task", default="sidd", help="the task whose pipeline is killed (default: %(default)s)"
     )
     parser.add_argument(
-        "--kills", type=int, default=56, help="kills in all, spread over the steps (default: %(default)s)"
+        "--kills",
+        type=int,
+        default=56,
+        help="kills that land, spread over the steps in turn (default: %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=0, help="draws the kill points (default: %(default)s)")
     parser.add_argument(
@@ -510,12 +513,15 @@ def main(argv: list[str] | None = None) -> int:
                 for name, nth, at in campaign.references[step].passes:
                     print(f"  {name}@{nth}  at {at:.2f} s")
             return 0
-        plan = campaign.plan(args.kills, args.seed, args.point)
+        # a delay can outlast the step: such draws kill nothing, so draw until --kills have landed
+        plan = campaign.plan(2 * args.kills, args.seed, args.point)
     except HarnessError as exc:
         print(f"faults: error: {exc}", file=sys.stderr)
         return 2
-    trials = []
-    for index, point in enumerate(plan, 1):
+    trials: list[Trial] = []
+    for point in plan:
+        if sum(t.killed for t in trials) == args.kills:
+            break
         trial = campaign.trial(point)
         trials.append(trial)
         state = (
@@ -524,7 +530,8 @@ def main(argv: list[str] | None = None) -> int:
             else ("recovered" if not trial.violations else "VIOLATED: " + "; ".join(trial.violations))
         )
         print(
-            f"[{index}/{len(plan)}] {point.step} killed {point.describe()}: {state} ({trial.seconds} s)",
+            f"[{sum(t.killed for t in trials)}/{args.kills}] {point.step} killed {point.describe()}: "
+            f"{state} ({trial.seconds} s)",
             flush=True,
         )
     rows = summarise(campaign.steps, trials)
