@@ -37,7 +37,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import secrets
 import shutil
 import signal
@@ -50,20 +49,18 @@ from typing import Any
 
 import yaml
 
-from ops.failpoints import KILL_ENV, TRACE_ENV
-from ops.io import sha256_file, write_json
+from ops.failpoints import KILL_ENV, TRACE_ENV, parse_failpoint
+from ops.io import sha256_file, temp_writer, write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("ingest", "train", "export", "quantize", "validate", "promote", "push")
 STEP_TIMEOUT_S = 600.0
-# what atomic_path and staged_generation name their work in progress (ops.io.temp_name)
 # Credentials in every step's environment, as a deployment has them: none may reach a file.
 SECRETS = {
     "AWS_ACCESS_KEY_ID": "VFFAULTKEY" + secrets.token_hex(6).upper(),
     "AWS_SECRET_ACCESS_KEY": "vf-fault-secret-" + secrets.token_hex(16),
     "MLFLOW_TRACKING_PASSWORD": "vf-fault-password-" + secrets.token_hex(8),
 }
-LEFTOVER = re.compile(r"\..+\.[a-z-]*\d+-[0-9a-f]{8}\.tmp")
 ALIASES = ("candidate", "champion")
 
 
@@ -104,22 +101,13 @@ class StepReference:
     fingerprint: dict[str, Any]
 
 
-def parse_point(text: str) -> tuple[str, int]:
-    name, _, nth = text.rpartition("@")
-    if not name or not nth.isdigit():
-        return text, 1
-    return name, int(nth)
-
-
-def _sha(path: Path) -> str:
-    return sha256_file(path)
-
-
 def _tree_hashes(root: Path) -> dict[str, str]:
     if root.is_file():
-        return {root.name: _sha(root)}
+        return {root.name: sha256_file(root)}
     return {
-        path.relative_to(root).as_posix(): _sha(path) for path in sorted(root.rglob("*")) if path.is_file()
+        path.relative_to(root).as_posix(): sha256_file(path)
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
     }
 
 
@@ -329,7 +317,7 @@ class Campaign:
             inside = path.relative_to(self.run_dir).parts
             if inside[0] in (".git", ".dvc"):
                 continue
-            if LEFTOVER.fullmatch(path.name):
+            if temp_writer(path.name) is not None:
                 found.append(f"a killed writer's leftover remains: {path.relative_to(self.run_dir)}")
             elif path.suffix == ".json" and path.is_file():
                 try:
@@ -365,7 +353,7 @@ class Campaign:
                 local = Path(unquote(urlparse(version["source"]).path))
                 if not local.is_file():
                     found.append(f"{name} v{number} points at a missing file: {version['source']}")
-                elif _sha(local) != version["tags"].get("sha256"):
+                elif sha256_file(local) != version["tags"].get("sha256"):
                     found.append(f"{name} v{number}'s file does not match its sha256 tag: {local}")
             for alias, number in model["aliases"].items():
                 if alias in ALIASES and model["versions"][number]["tags"].get("validation.passed") != "true":
@@ -380,7 +368,7 @@ class Campaign:
         With ``point`` (``NAME[@N]``), every kill is at that pass of that point."""
         rng = random.Random(seed)
         if point is not None:
-            name, nth = parse_point(point)
+            name, nth = parse_failpoint(point)
             for step in self.steps:
                 if any(p[:2] == (name, nth) for p in self.references[step].passes):
                     return [KillPoint(step, name, nth)] * kills
@@ -395,8 +383,10 @@ class Campaign:
             else:
                 begin, end = 0.3 * reference.seconds, 0.9 * reference.seconds
             if reference.passes and rng.random() < 0.5:
-                # a point first, then one of its passes: 39 version tags must not crowd out one rename
-                name = rng.choice(sorted({p[0] for p in reference.passes}))
+                # a kind of point (write, dataset, mlflow) first, then a point, then one of its
+                # passes: 39 version tags and 30 MLflow calls must not crowd out one rename
+                kind = rng.choice(sorted({p[0].split(":")[0] for p in reference.passes}))
+                name = rng.choice(sorted({p[0] for p in reference.passes if p[0].startswith(kind + ":")}))
                 nth = rng.choice([p[1] for p in reference.passes if p[0] == name])
                 planned.append(KillPoint(step, name, nth))
             else:

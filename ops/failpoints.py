@@ -31,12 +31,18 @@ TRACE_ENV = "VISIONFORGE_FAILPOINT_TRACE"
 _passed: dict[str, int] = {}
 
 
+def parse_failpoint(text: str) -> tuple[str, int]:
+    """``NAME@N`` -> (NAME, N); a plain ``NAME`` is its first pass."""
+    name, _, nth = text.rpartition("@")
+    if not name or not nth.isdigit():
+        return text, 1
+    return name, int(nth)
+
+
 @cache
 def _settings() -> tuple[str | None, int, str | None]:
-    target, _, nth = (os.environ.get(KILL_ENV) or "").rpartition("@")
-    if not target:  # no "@N": the whole value is the name
-        target, nth = nth, "1"
-    return (target or None), int(nth), os.environ.get(TRACE_ENV) or None
+    target, nth = parse_failpoint(os.environ.get(KILL_ENV) or "")
+    return (target or None), nth, os.environ.get(TRACE_ENV) or None
 
 
 def failpoint(name: str) -> None:

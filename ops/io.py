@@ -35,15 +35,23 @@ def temp_name(final_name: str, tag: str = "") -> str:
     return f".{final_name}.{tag}{os.getpid()}-{secrets.token_hex(4)}.tmp"
 
 
+_TEMP_NAME = re.compile(r"\.(?P<final>.+)\.[a-z-]*?(?P<pid>\d+)-[0-9a-f]{8}\.tmp")
+
+
+def temp_writer(name: str) -> tuple[str, int] | None:
+    """(the final name, the writer's PID) of a :func:`temp_name`; None for any other name."""
+    match = _TEMP_NAME.fullmatch(name)
+    return (match["final"], int(match["pid"])) if match else None
+
+
 def sweep_stale_temps(parent: Path, final_name: str) -> list[Path]:
     """Remove what writers of ``final_name`` that died (``kill -9``, power loss) left in
     ``parent``: temp files and directories from :func:`temp_name` whose process is gone."""
-    pattern = re.compile(rf"\.{re.escape(final_name)}\.[a-z-]*?(\d+)-[0-9a-f]{{8}}\.tmp")
     removed: list[Path] = []
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(parent):
-            match = pattern.fullmatch(entry.name)
-            if match is None or pid_is_alive(int(match.group(1))):
+            writer = temp_writer(entry.name)
+            if writer is None or writer[0] != final_name or pid_is_alive(writer[1]):
                 continue
             path = Path(entry.path)
             if entry.is_dir(follow_symlinks=False):
