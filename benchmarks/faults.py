@@ -143,14 +143,18 @@ class Campaign:
 
         return load_params(self.params_path)
 
+    def layout(self) -> Any:
+        from ops.layout import TaskLayout
+
+        return TaskLayout.for_task(self.params(), self.task)
+
     def command(self, step: str, rerun: bool = False) -> list[str]:
         if step == "push":
             from ops.versioning import dvc_executable
 
             return [dvc_executable(), "push", "--quiet"]
         command = [sys.executable, "-m", "ops.cli", step, self.task, "--params", str(self.params_path)]
-        checkpoint = self.run_dir / "artifacts" / self.task / "model" / "checkpoints" / "last.pt"
-        if step == "train" and rerun and checkpoint.is_file():
+        if step == "train" and rerun and (self.layout().model_dir / "checkpoints" / "last.pt").is_file():
             command.append("--resume")
         return command
 
@@ -164,16 +168,17 @@ class Campaign:
     def start(
         self, step: str, extra_env: dict[str, str] | None = None, rerun: bool = False
     ) -> subprocess.Popen:
-        log = (self.workdir / "logs").resolve()
-        log.mkdir(parents=True, exist_ok=True)
-        return subprocess.Popen(
-            self.command(step, rerun),
-            cwd=self.run_dir,
-            env=self.environment(extra_env),
-            stdout=open(log / f"{step}.log", "ab"),  # noqa: SIM115 - the child owns it
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # a kill takes the step's whole process group, as a pod's would
-        )
+        logs = self.workdir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        with open(logs / f"{step}.log", "ab") as output:  # the child keeps its own copy
+            return subprocess.Popen(
+                self.command(step, rerun),
+                cwd=self.run_dir,
+                env=self.environment(extra_env),
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a kill takes the step's whole process group, as a pod's would
+            )
 
     @staticmethod
     def finish(process: subprocess.Popen, timeout: float = STEP_TIMEOUT_S) -> int:
@@ -246,10 +251,8 @@ class Campaign:
 
     def fingerprint(self, step: str, registry: dict[str, Any] | None = None) -> dict[str, Any]:
         """The step's outputs in a form two correct runs agree on."""
-        from ops.layout import TaskLayout
-
         params = self.params()
-        layout = TaskLayout.for_task(params, self.task)
+        layout = self.layout()
         if step == "ingest":
             return _tree_hashes(Path(getattr(params, self.task).dataset.root))
         if step == "train":
