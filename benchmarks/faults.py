@@ -271,9 +271,16 @@ class Campaign:
         return {"remote": sorted(self.remote_objects())}
 
     def remote_objects(self) -> dict[str, Path]:
+        """The DVC remote's objects. DVC uploads into ``.<random>.tmp`` beside an object and
+        renames; a killed push leaves that hidden file, which DVC never reads as an object
+        and does not remove either (seen in this campaign): it is not counted as one."""
         remote = self.run_dir / "dvc-storage"
         return (
-            {p.relative_to(remote).as_posix(): p for p in remote.rglob("*") if p.is_file()}
+            {
+                p.relative_to(remote).as_posix(): p
+                for p in remote.rglob("*")
+                if p.is_file() and not p.name.startswith(".")
+            }
             if remote.is_dir()
             else {}
         )
