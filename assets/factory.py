@@ -11,6 +11,7 @@ nested under this Dagster run's parent run, and its artefact registered; ``<task
 moves the registry aliases.
 """
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -43,6 +44,7 @@ from assets.resources import ParamsResource, TrackingResource
 from ops.distributed import Launch, train_task
 from ops.errors import DatasetError
 from ops.layout import TaskLayout
+from ops.locking import task_lock
 from ops.tasks import task_spec, task_steps
 from ops.tracking import Tracker
 from ops.versioning import dataset_status
@@ -131,7 +133,25 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
 
     common: dict[str, Any] = {"key_prefix": [task], "group_name": task}
 
-    @asset(
+    def task_asset(**spec: Any) -> Callable[[Callable[..., MaterializeResult]], AssetsDefinition]:
+        """``@asset`` for one stage of the chain, whose computation holds the task's lock
+        (:mod:`ops.locking`): a CLI step or another run's step of the same task never writes
+        beside it. Dagster reads the computation's parameters through ``functools.wraps``."""
+
+        def decorate(compute: Callable[..., MaterializeResult]) -> AssetsDefinition:
+            holder = f"{task}/{spec['name']}"
+
+            @functools.wraps(compute)
+            def locked(context: AssetExecutionContext, **kwargs: Any) -> MaterializeResult:
+                cfg = kwargs["params"].load(task)
+                with task_lock(cfg, task, f"Dagster run {context.run.run_id} ({holder})"):
+                    return compute(context, **kwargs)
+
+            return asset(**spec)(locked)
+
+        return decorate
+
+    @task_asset(
         name="dataset",
         kinds={"python"},
         description=f"The {task} dataset in its official layout, validated, with its report. "
@@ -182,7 +202,7 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
             check_results=[_integrity_result(key("dataset"), problems, header, rows)],
         )
 
-    @asset(
+    @task_asset(
         name="model",
         deps=[dataset],
         kinds={"pytorch"},
@@ -225,7 +245,7 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
         }
         return MaterializeResult(metadata=metadata)
 
-    @asset(
+    @task_asset(
         name="onnx",
         deps=[model],
         kinds={"onnx"},
@@ -264,7 +284,7 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
             metadata=metadata, check_results=[_gate_result(gate.to_dict(), key("onnx"), "parity")]
         )
 
-    @asset(
+    @task_asset(
         name="int8",
         deps=[onnx],
         kinds={"onnx"},
@@ -293,7 +313,7 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
         metadata.update(_record(context, tracker, task, "quantize"))
         return MaterializeResult(metadata=metadata)
 
-    @asset(
+    @task_asset(
         name="tensorrt",
         deps=[onnx, int8],
         kinds={"tensorrt"},
@@ -332,7 +352,7 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
             },
         )
 
-    @asset(
+    @task_asset(
         name="validation",
         deps=[model, onnx, int8, tensorrt],
         kinds={"python"},
@@ -415,7 +435,7 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
             metadata.update(_record(context, tracker, task, "benchmark"))
         return MaterializeResult(metadata=metadata, check_results=results)
 
-    @asset(
+    @task_asset(
         name="release",
         deps=[validation],
         kinds={"mlflow"},

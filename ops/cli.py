@@ -9,18 +9,22 @@ steps of one pipeline run under one parent run); ``promote`` moves the registry'
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from ops.config import DEFAULT_PARAMS_PATH, Params, load_params
 from ops.errors import VisionForgeError
 from ops.tasks import task_names, task_steps
+
+if TYPE_CHECKING:
+    from ops.tracking import Tracker
 
 log = logging.getLogger("visionforge")
 TASKS = task_names()
@@ -346,9 +350,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         name = configure_remote(".", params, local=args.local)
         return {"remote": name, "url": dvc_remote(params.storage).url}
-    from ops.tracking import PIPELINE_RUN_ENV, Tracker
+    from ops.tracking import Tracker
 
     tracker = Tracker(params)
+    with _writer_lock(args, params):
+        return _tracked_step(args, params, tracker)
+
+
+def _writer_lock(args: argparse.Namespace, params: Params) -> contextlib.AbstractContextManager[None]:
+    """The task's lock (ops.locking) for the step's writes. A training job over several machines
+    is the exception: every machine runs this command at once, only rank 0's writes anything,
+    and the job scheduler that starts them owns the task for the job's duration."""
+    if args.command == "train" and args.nnodes > 1:
+        return contextlib.nullcontext()
+    from ops.locking import task_lock
+
+    return task_lock(params, args.task, f"visionforge {args.command} {args.task}")
+
+
+def _tracked_step(args: argparse.Namespace, params: Params, tracker: Tracker) -> dict[str, Any]:
+    from ops.tracking import PIPELINE_RUN_ENV
+
     pipeline_run = os.environ.get(PIPELINE_RUN_ENV) or args.pipeline_run
     handoff = None
     if args.pipeline_run:

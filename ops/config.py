@@ -29,6 +29,12 @@ class StrictModel(BaseModel):
 class ProjectConfig(StrictModel):
     data_dir: Path = Field(description="Root of DVC-tracked inputs (datasets).")
     artifacts_dir: Path = Field(description="Root of pipeline outputs (models, metrics, plots).")
+    lock_wait_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="How long a step waits for another writer of the same task to finish "
+        "(ops.locking); 0 fails at once, naming the holder.",
+    )
 
 
 class TrafficGeneratorConfig(StrictModel):
