@@ -14,11 +14,16 @@ from typing import TYPE_CHECKING
 from dagster import (
     AssetKey,
     AssetSelection,
+    DagsterInstance,
     DagsterInvalidDefinitionError,
+    DagsterRun,
+    DagsterRunStatus,
     DefaultScheduleStatus,
     DefaultSensorStatus,
     RunRequest,
+    RunsFilter,
     ScheduleDefinition,
+    ScheduleEvaluationContext,
     SensorDefinition,
     SensorEvaluationContext,
     SkipReason,
@@ -38,8 +43,32 @@ DEFAULT_RETRAIN_CRON = "0 3 * * 1"
 DEFAULT_TIMEZONE = "UTC"
 DEFAULT_SENSOR_INTERVAL_S = 60
 DATA_VERSION_TAG = "visionforge/data_version"
-# On every job's runs: the deployment's run queue (docker/dagster.yaml) runs one per task at a time.
+# On every job's runs: the run queue (pipelines/dagster.yaml, docker/dagster.yaml) runs one per
+# task at a time, and the schedule and the sensor start nothing while one is queued or running.
 TASK_TAG = "visionforge/task"
+TRIGGER_TAG = "visionforge/trigger"
+IN_FLIGHT = (
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+)
+
+
+def run_in_flight(instance: DagsterInstance, task: str) -> DagsterRun | None:
+    """A run of ``task``'s jobs that is queued or running, if any.
+
+    The schedule and the sensor ask before they start a run, so when both fire for the same
+    change, the second finds the first's run and starts nothing. Their evaluations are separate
+    daemon threads: two evaluations less than a run submission apart could both find nothing,
+    and then the run queue's one-run-per-task limit runs the second after the first.
+    """
+    runs = instance.get_runs(filters=RunsFilter(tags={TASK_TAG: task}, statuses=list(IN_FLIGHT)), limit=1)
+    return runs[0] if runs else None
+
+
+def _busy(run: DagsterRun) -> SkipReason:
+    return SkipReason(f"run {run.run_id} ({run.job_name}, {run.status.value}) is already retraining")
 
 
 def _keys(task: str, stages: tuple[str, ...]) -> list[AssetKey]:
@@ -71,14 +100,23 @@ def release_job(task: str) -> "UnresolvedAssetJobDefinition":
 def retrain_schedule(task: str, job: "UnresolvedAssetJobDefinition") -> ScheduleDefinition:
     cron = os.environ.get("VISIONFORGE_RETRAIN_CRON", DEFAULT_RETRAIN_CRON)
     timezone = os.environ.get("VISIONFORGE_RETRAIN_TIMEZONE", DEFAULT_TIMEZONE)
+
+    def retrain_unless_running(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
+        running = run_in_flight(context.instance, task)
+        if running is not None:
+            return _busy(running)
+        return RunRequest(tags={TRIGGER_TAG: "schedule"})
+
     try:
         return ScheduleDefinition(
             name=f"retrain_{task}_schedule",
             job=job,
             cron_schedule=cron,
             execution_timezone=timezone,
+            execution_fn=retrain_unless_running,
             default_status=DefaultScheduleStatus.RUNNING,
-            description=f"Periodic retraining of {task} (cron from VISIONFORGE_RETRAIN_CRON).",
+            description=f"Periodic retraining of {task} (cron from VISIONFORGE_RETRAIN_CRON); skipped "
+            "while a run of the task is queued or running.",
         )
     except DagsterInvalidDefinitionError as exc:  # the code location would not load: name the setting
         raise ConfigError(
@@ -111,7 +149,8 @@ def dataset_sensor(task: str, job: "UnresolvedAssetJobDefinition") -> SensorDefi
     The cursor is the last hash seen. A hash the dataset asset itself recorded is not news
     (the pipeline's own ingest wrote or checked it), so a retraining run never triggers another.
     On first sight, with nothing recorded, the sensor only starts watching: turning it on does
-    not launch a training run by itself.
+    not launch a training run by itself. While a run of the task is queued or running it starts
+    nothing and keeps its cursor, so a change that run did not ingest is news on the next tick.
     """
 
     @sensor(
@@ -125,6 +164,9 @@ def dataset_sensor(task: str, job: "UnresolvedAssetJobDefinition") -> SensorDefi
         root = getattr(params.load(task), task).dataset.root
         if not root.is_dir():
             return SkipReason(f"no dataset at {root} yet")
+        running = run_in_flight(context.instance, task)
+        if running is not None:
+            return _busy(running)
         current = dataset_content_hash(root)
         recorded = recorded_data_version(context, task)
         previous = context.cursor or recorded
@@ -135,7 +177,7 @@ def dataset_sensor(task: str, job: "UnresolvedAssetJobDefinition") -> SensorDefi
             return SkipReason(f"dataset unchanged (data version {current[:12]})")
         return RunRequest(
             run_key=None,
-            tags={DATA_VERSION_TAG: current, "visionforge/trigger": "dataset changed"},
+            tags={DATA_VERSION_TAG: current, TRIGGER_TAG: "dataset changed"},
         )
 
     return _sensor

@@ -1,14 +1,24 @@
-"""The new-data sensor: retrain when the dataset's content hash changes, and only then."""
+"""The new-data sensor: retrain when the dataset's content hash changes, and only then; with the
+schedule, never a second run of a task while one is queued or running."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from dagster import AssetKey, AssetMaterialization, SensorDefinition, build_sensor_context, instance_for_test
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    DagsterRunStatus,
+    SensorDefinition,
+    build_schedule_context,
+    build_sensor_context,
+    instance_for_test,
+)
+from dagster._core.test_utils import create_run_for_test
 
 from assets.resources import ParamsResource
 from assets.versioning import dataset_content_hash
-from pipelines.automation import DATA_VERSION_TAG
+from pipelines.automation import DATA_VERSION_TAG, TRIGGER_TAG, run_in_flight
 from pipelines.definitions import defs
 from tests.conftest import tiny_params_dict, write_params
 
@@ -86,3 +96,49 @@ def test_no_dataset_yet_is_a_skip(tmp_path):
     with instance_for_test() as instance:
         result = _tick(sensor, instance, resources, cursor=None)
         assert not result.run_requests and "no dataset" in result.skip_message
+
+
+def _submit(instance, job_name: str, request, status: DagsterRunStatus = DagsterRunStatus.NOT_STARTED):
+    """The run the daemon creates for a run request: the job's tags (the task) and the request's.
+    (A QUEUED run needs the origin of a code location, which a test instance has not.)"""
+    job = defs.resolve_job_def(job_name)
+    return create_run_for_test(instance, job_name=job_name, tags={**job.tags, **request.tags}, status=status)
+
+
+def test_the_schedule_and_the_sensor_firing_together_start_one_run(tmp_path):
+    root, resources = _setup(tmp_path)
+    sensor = defs.resolve_sensor_def("traffic_dataset_changed")
+    schedule = defs.resolve_schedule_def("retrain_traffic_schedule")
+    with instance_for_test() as instance:
+        cursor = _tick(sensor, instance, resources, cursor=None).cursor
+        (root / "annotations" / "instances_val.json").write_text('{"images": [3]}')  # new data
+
+        by_schedule = schedule.evaluate_tick(build_schedule_context(instance=instance))
+        (request,) = by_schedule.run_requests
+        assert request.tags[TRIGGER_TAG] == "schedule"
+        run = _submit(instance, schedule.job_name, request)
+        assert run_in_flight(instance, "traffic").run_id == run.run_id
+        assert run_in_flight(instance, "sidd") is None  # other tasks are not held up
+
+        held = _tick(sensor, instance, resources, cursor=cursor)
+        assert not held.run_requests
+        assert f"run {run.run_id} (retrain_traffic, NOT_STARTED) is already retraining" in held.skip_message
+        assert held.cursor == cursor  # kept: the change is still news if that run misses it
+
+        instance.report_run_failed(run)  # the run ended without ingesting the new data
+        after = _tick(sensor, instance, resources, cursor=held.cursor)
+        assert len(after.run_requests) == 1
+
+
+def test_the_schedule_starts_nothing_while_a_sensor_run_is_running(tmp_path):
+    root, resources = _setup(tmp_path)
+    sensor = defs.resolve_sensor_def("traffic_dataset_changed")
+    schedule = defs.resolve_schedule_def("retrain_traffic_schedule")
+    with instance_for_test() as instance:
+        cursor = _tick(sensor, instance, resources, cursor=None).cursor
+        (root / "annotations" / "instances_val.json").write_text('{"images": [4]}')
+        (request,) = _tick(sensor, instance, resources, cursor=cursor).run_requests
+        run = _submit(instance, sensor.job_name, request, status=DagsterRunStatus.STARTED)
+        skipped = schedule.evaluate_tick(build_schedule_context(instance=instance))
+        assert not skipped.run_requests
+        assert f"run {run.run_id} (retrain_traffic, STARTED) is already retraining" in skipped.skip_message
