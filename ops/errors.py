@@ -31,6 +31,11 @@ class EngineError(VisionForgeError):
     """A TensorRT engine is missing, corrupt, or was built for another GPU / TensorRT version."""
 
 
+class DiskFullError(VisionForgeError):
+    """A write ran out of space: the message names the file, how much of it was written and the
+    space left. The previous version of the file, if any, is unchanged."""
+
+
 class TrackingError(VisionForgeError):
     """The MLflow tracking server or model registry is unreachable or refuses an operation."""
 

@@ -4,6 +4,7 @@ integer check shared by every reader of parsed JSON and YAML."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -14,7 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ops.errors import DiskFullError, VisionForgeError
 from ops.failpoints import failpoint
+
+# Below this much free space a failed write is taken to be a full disk (see :func:`out_of_space`).
+LOW_SPACE_BYTES = 1 << 20
 
 
 def pid_is_alive(pid: int) -> bool:
@@ -62,13 +67,55 @@ def sweep_stale_temps(parent: Path, final_name: str) -> list[Path]:
     return removed
 
 
+def free_bytes(directory: Path | str) -> int:
+    """Bytes an unprivileged writer may still use on the filesystem holding ``directory``."""
+    stats = os.statvfs(directory)
+    return stats.f_bavail * stats.f_frsize
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def out_of_space(exc: BaseException, directory: Path) -> bool:
+    """Whether ``exc``, raised while writing into ``directory``, means the disk is full.
+
+    An ``OSError`` says so by its errno. torch.save's C++ writer does not: it raises a bare
+    ``RuntimeError`` ("unexpected pos ..."), so a write failure on a filesystem with almost no
+    space left at that moment counts as a full disk too."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    try:
+        return isinstance(exc, OSError | RuntimeError) and free_bytes(directory) < LOW_SPACE_BYTES
+    except OSError:
+        return False
+
+
+def disk_full_message(path: Path, written: int | None = None) -> str:
+    """One line for a write that ran out of space: the file, what it needs, the space left."""
+    try:
+        free = f"{human_bytes(free_bytes(path.parent))} free there now"
+    except OSError:
+        free = "the free space is unknown"
+    needs = f": it needs more than the {human_bytes(written)} written when the disk filled" if written else ""
+    return f"no space left on the device writing {path}{needs} ({free}); free space and run the step again"
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place only on success.
 
     The temporary file lives in the same directory so the final ``os.replace`` is atomic
     on POSIX filesystems. On any exception the temporary file is removed; one left by a writer
-    that was killed is removed by the next writer of the same file.
+    that was killed is removed by the next writer of the same file. A full disk is one
+    :class:`DiskFullError` naming ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +126,11 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         yield tmp
         failpoint(f"write:{path.name}")
         os.replace(tmp, path)
+    except Exception as exc:
+        if isinstance(exc, VisionForgeError) or not out_of_space(exc, path.parent):
+            raise
+        written = tmp.stat().st_size if tmp.exists() else None
+        raise DiskFullError(disk_full_message(path, written)) from exc
     finally:
         tmp.unlink(missing_ok=True)
 

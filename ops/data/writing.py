@@ -18,7 +18,7 @@ from typing import Any
 
 from ops.errors import DatasetError
 from ops.failpoints import failpoint
-from ops.io import sweep_stale_temps, temp_name
+from ops.io import disk_full_message, sweep_stale_temps, temp_name
 
 STAMP_NAME = ".generator.json"
 
@@ -84,7 +84,7 @@ def save_bytes(path: Path, data: bytes) -> None:
         write_bytes(path, data)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            raise DatasetError(f"no space left on device while writing {path}") from exc
+            raise DatasetError(disk_full_message(path)) from exc
         raise DatasetError(f"could not write {path}: {exc.strerror or exc}") from exc
 
 
@@ -131,7 +131,7 @@ def staged_generation(root: Path, workers: int) -> Iterator[tuple[Path, Executor
         swap_into_place(tmp, root)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            raise DatasetError(f"no space left on device while writing {exc.filename or tmp}") from exc
+            raise DatasetError(disk_full_message(Path(exc.filename or tmp))) from exc
         raise
     finally:
         if pool is not None:  # no worker may still write into tmp once it is removed

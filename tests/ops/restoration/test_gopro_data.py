@@ -177,7 +177,7 @@ def test_a_full_disk_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.setattr(writing, "write_bytes", filling_disk)
     root = tmp_path / "data" / "gopro"
-    with pytest.raises(DatasetError, match=r"no space left on device while writing .*\.png"):
+    with pytest.raises(DatasetError, match=r"no space left on the device writing .*\.png"):
         generate_gopro_dataset(root, CFG, workers=1)
     assert not root.exists()
     assert list((tmp_path / "data").iterdir()) == []  # no temporary directory either

@@ -163,7 +163,7 @@ def test_a_full_disk_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.setattr(writing, "write_bytes", filling_disk)
     root = tmp_path / "data" / "sidd"
-    with pytest.raises(DatasetError, match="no space left on device while writing .*PNG"):
+    with pytest.raises(DatasetError, match="no space left on the device writing .*PNG"):
         generate_sidd_dataset(root, CFG, workers=1)
     assert not root.exists()
     assert list((tmp_path / "data").iterdir()) == []  # no temporary directory either
