@@ -473,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:  # the ONNX exporter's passes log every step at INFO
         for chatty in ("onnx_ir", "onnxscript", "torch.onnx"):
             logging.getLogger(chatty).setLevel(logging.WARNING)
+        # MLflow's SQL store logs a traceback for a database error it then raises (a full disk):
+        # the step's one error line says it already
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     try:
         if args.command == "doctor":
             return _doctor(args)

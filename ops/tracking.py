@@ -83,6 +83,18 @@ _BATCH = 100  # params per log_batch call (MLflow's limit; metrics allow 1000)
 _SAFE_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
+_DRIVER_ERROR = re.compile(r"\(\w+(\.\w+)*\) ")
+
+
+def _one_line(message: str) -> str:
+    """The line of an MLflow error that says what happened. A SQL store's error is SQLAlchemy's:
+    notes ("(raised as a result of Query-invoked autoflush; ...)", "[SQL: ...]", "(Background on
+    this error at: ...)") around the line naming the driver's error,
+    "(sqlite3.OperationalError) database or disk is full"."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return next((line for line in lines if _DRIVER_ERROR.match(line)), lines[0] if lines else "")
+
+
 def registered_model_name(task: str, fmt: str) -> str:
     """One registered model per task and format, e.g. ``traffic-detector-onnx-int8``."""
     return f"{task}-{task_spec(task).model_noun}-{fmt}"
@@ -260,10 +272,17 @@ class Tracker:
 
         try:
             result = fn(*args, **kwargs)
-        except MlflowException as exc:
-            raise TrackingError(f"MLflow at {self.safe_uri}: {what} failed: {redact(str(exc))}") from None
-        except OSError as exc:  # connection errors surface as requests/urllib3 OSErrors
-            raise TrackingError(f"MLflow at {self.safe_uri}: {what} failed: {redact(str(exc))}") from None
+        except (MlflowException, OSError) as exc:  # connection errors are requests/urllib3 OSErrors
+            reason = _one_line(redact(str(exc))) or type(exc).__name__
+            raise TrackingError(f"MLflow at {self.safe_uri}: {what} failed: {reason}") from None
+        except Exception as exc:
+            # with storage on S3 the client uploads artefacts itself, and boto3's errors are its own
+            if type(exc).__module__.split(".")[0] not in ("botocore", "boto3", "s3transfer"):
+                raise
+            from ops.storage import storage_error
+
+            reason = str(storage_error(exc, self.params.storage.s3, "storing the artefact"))
+            raise TrackingError(f"MLflow at {self.safe_uri}: {what} failed: {reason}") from None
         failpoint(f"mlflow:{what}")
         return result
 
@@ -341,7 +360,7 @@ class Tracker:
         )
         oldest = find()[0].info.run_id  # two steps starting at once: keep the older parent
         if oldest != run.info.run_id:
-            client.delete_run(run.info.run_id)
+            self._call("removing a duplicate pipeline run", client.delete_run, run.info.run_id)
         return oldest
 
     def _start_child(self, task: str, name: str, role: str, pipeline_run: str | None) -> tuple[str, str]:
@@ -569,7 +588,9 @@ class Tracker:
         gate_metrics = {f"gate.{n}": float(g["value"]) for n, g in gates.items() if g["value"] is not None}
         gate_metrics["gates_passed"] = float(bool(summary["passed"]))
         self._log_metrics(run_id, gate_metrics)
-        client.set_tag(run_id, TAG_VALIDATED, str(bool(summary["passed"])).lower())
+        self._call(
+            "tagging the run", client.set_tag, run_id, TAG_VALIDATED, str(bool(summary["passed"])).lower()
+        )
         registrations = self.current_versions(task, run_id)
         common = {
             TAG_VALIDATED: str(bool(summary["passed"])).lower(),
@@ -628,9 +649,14 @@ class Tracker:
         try:
             decision = self._promote(client, task, cfg.metric, cfg.tolerance, run_id)
         except BaseException as exc:
-            client.set_tag(run_id, TAG_DECISION, "error")
-            client.set_tag(run_id, TAG_REASONS, redact(str(exc))[:_MLFLOW_TAG_MAX])
-            self._finish(run_id, parent, "FAILED")
+            try:  # the release run says why it failed, when the server can still be reached
+                client.set_tag(run_id, TAG_DECISION, "error")
+                client.set_tag(run_id, TAG_REASONS, redact(str(exc))[:_MLFLOW_TAG_MAX])
+                self._finish(run_id, parent, "FAILED")
+            except Exception as unrecorded:
+                log.warning(
+                    "release %s: the failure is not recorded in MLflow: %s", task, _one_line(str(unrecorded))
+                )
             raise
         self._finish(run_id, parent, "FINISHED")
         log.info("release %s: %s (%s)", task, decision.decision, "; ".join(decision.reasons))
@@ -716,9 +742,15 @@ class Tracker:
                     done.append((fmt, alias))
                     failpoint(f"mlflow:moving {alias} of {fmt}")
             except Exception as exc:
-                self._restore_aliases(client, task, done, before)
+                unrestored = self._restore_aliases(client, task, done, before)
+                state = (
+                    f"could not restore {', '.join(unrestored)}: each names a validated version; run the "
+                    "release again"
+                    if unrestored
+                    else "previous aliases restored"
+                )
                 raise TrackingError(
-                    f"release {task}: moving aliases failed, previous aliases restored: {redact(str(exc))}"
+                    f"release {task}: moving aliases failed ({state}): {_one_line(redact(str(exc)))}"
                 ) from None
         after = {
             fmt: str(versions[fmt].version) if outcome == "promoted" else (str(c.version) if c else None)
@@ -745,8 +777,8 @@ class Tracker:
                     key,
                     value,
                 )
-        client.set_tag(run_id, TAG_DECISION, outcome)
-        client.set_tag(run_id, TAG_REASONS, text)
+        self._call("tagging the release run", client.set_tag, run_id, TAG_DECISION, outcome)
+        self._call("tagging the release run", client.set_tag, run_id, TAG_REASONS, text)
         self._log_params(run_id, {"metric": metric, "tolerance": tolerance})
         with tempfile.TemporaryDirectory(prefix="release-") as tmp:
             path = Path(tmp) / "decision.json"
@@ -760,7 +792,10 @@ class Tracker:
         task: str,
         done: list[tuple[str, str]],
         before: Mapping[tuple[str, str], ModelVersion | None],
-    ) -> None:
+    ) -> list[str]:
+        """Put the moved aliases back; the ``<alias> of <model>`` that could not be (the server is
+        gone, say)."""
+        unrestored = []
         for fmt, alias in reversed(done):
             previous = before[(fmt, alias)]
             name = registered_model_name(task, fmt)
@@ -769,8 +804,10 @@ class Tracker:
                     client.delete_registered_model_alias(name, alias)
                 else:
                     client.set_registered_model_alias(name, alias, previous.version)
-            except Exception:  # keep restoring the others; the error below names the release
-                log.exception("could not restore alias %s of %s", alias, name)
+            except Exception as exc:  # keep restoring the others; the release's error names these
+                log.error("could not restore alias %s of %s: %s", alias, name, _one_line(redact(str(exc))))
+                unrestored.append(f"{alias} of {name}")
+        return unrestored
 
 
 def _gate_status(gate: Mapping[str, Any]) -> str:
