@@ -37,6 +37,11 @@ SECRET_ENV_VARS = (
     "NANIO_SECRET_KEY",
 )
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+# Every S3 client here (boto3's, DVC's) waits this long for a connection or an answer: a server
+# that stalls fails the step in bounded time, with the timeout in its error.
+S3_TIMEOUT_S = 10
+S3_MAX_ATTEMPTS = 3
+
 # Sub-trees of the bucket prefix, one per consumer.
 DVC_SUBDIR = "dvc"
 MLFLOW_SUBDIR = "mlflow"
@@ -77,7 +82,11 @@ def dvc_remote(storage: StorageConfig) -> RemoteSpec:
     """The DVC remote ``storage`` asks for: a local directory, or ``<prefix>/dvc`` in the bucket."""
     if storage.remote == "local":
         return RemoteSpec("local", str(storage.local_dir))
-    options = {"region": storage.s3.region}
+    options = {
+        "region": storage.s3.region,
+        "connect_timeout": str(S3_TIMEOUT_S),
+        "read_timeout": str(S3_TIMEOUT_S),
+    }
     if storage.s3.endpoint_url:
         options["endpointurl"] = storage.s3.endpoint_url
     return RemoteSpec("s3", s3_url(storage.s3, DVC_SUBDIR), options)
@@ -160,7 +169,9 @@ class S3Store:
     clear error rather than hanging a pipeline step.
     """
 
-    def __init__(self, cfg: S3Config, max_attempts: int = 3, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, cfg: S3Config, max_attempts: int = S3_MAX_ATTEMPTS, timeout_s: float = S3_TIMEOUT_S
+    ) -> None:
         import boto3
         from botocore.config import Config
 

@@ -74,12 +74,13 @@ def stop_group(
 
 
 def start_nanio(
-    data_dir: Path, bucket: str, access_key: str, secret_key: str, log: Path
+    data_dir: Path, bucket: str, access_key: str, secret_key: str, log: Path, port: int | None = None
 ) -> tuple[subprocess.Popen, str]:
-    """nanio (checks request signatures) serving ``bucket`` from ``data_dir``; returns it and its URL."""
+    """nanio (checks request signatures) serving ``bucket`` from ``data_dir`` on ``port`` (default a
+    free one); returns it and its URL."""
     (data_dir / bucket).mkdir(parents=True, exist_ok=True)  # buckets are folders
-    port = free_port()
-    with log.open("w") as out:
+    port = port or free_port()
+    with log.open("a") as out:
         process = subprocess.Popen(
             [
                 str(BIN / "nanio"),
@@ -231,3 +232,51 @@ class PostgresServer:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class Tmpfs:
+    """A filesystem of a chosen size mounted at ``mountpoint``: a disk that fills on demand.
+    Mounting needs root (CAP_SYS_ADMIN); :func:`tmpfs_unavailable` says why when it cannot."""
+
+    def __init__(self, mountpoint: Path, size_bytes: int) -> None:
+        self.mountpoint = mountpoint
+        self.size_bytes = size_bytes
+
+    def mount(self) -> None:
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        self._mount("-t", "tmpfs", "-o", f"size={self.size_bytes},mode=0755", "tmpfs")
+
+    def resize(self, size_bytes: int) -> None:
+        """Grow or shrink it (not below what it holds)."""
+        self.size_bytes = size_bytes
+        self._mount("-o", f"remount,size={size_bytes}")
+
+    def used_bytes(self) -> int:
+        stats = os.statvfs(self.mountpoint)
+        return (stats.f_blocks - stats.f_bfree) * stats.f_frsize
+
+    def unmount(self) -> None:
+        """Unmount; still busy (a file a failed writer left open), detach it now and let the
+        kernel free it when the last file closes."""
+        if subprocess.run(["umount", str(self.mountpoint)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(self.mountpoint)], check=True, capture_output=True)
+
+    def _mount(self, *options: str) -> None:
+        done = subprocess.run(["mount", *options, str(self.mountpoint)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"mount {' '.join(options)} {self.mountpoint}: {done.stderr.strip()}")
+
+
+def tmpfs_unavailable() -> str | None:
+    """Why a tmpfs cannot be mounted here (not root, no CAP_SYS_ADMIN); None when it can."""
+    if os.geteuid() != 0:
+        return "mounting a tmpfs needs root"
+    probe = Tmpfs(Path(tempfile.mkdtemp(prefix="vf-tmpfs-probe-")), 1 << 20)
+    try:
+        probe.mount()
+        probe.unmount()
+    except RuntimeError as exc:
+        return str(exc)
+    finally:
+        shutil.rmtree(probe.mountpoint, ignore_errors=True)
+    return None
