@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -45,12 +46,15 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from ops.failpoints import KILL_ENV, TRACE_ENV, parse_failpoint
 from ops.io import sha256_file, temp_writer, write_json
+
+if TYPE_CHECKING:
+    from benchmarks.service_faults import ServiceFault
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("ingest", "train", "export", "quantize", "validate", "promote", "push")
@@ -83,10 +87,21 @@ class KillPoint:
         return f"after {self.delay_s:.2f} s"
 
 
+@dataclass(frozen=True)
+class DiskFull:
+    """The step runs on a disk with room for ``room`` of what its uninterrupted run wrote."""
+
+    step: str
+    room: float
+
+    def describe(self) -> str:
+        return f"disk full at {self.room:.0%} of its writing"
+
+
 @dataclass
 class Trial:
-    point: KillPoint
-    killed: bool
+    point: KillPoint | DiskFull | ServiceFault
+    killed: bool  # the fault landed: a kill before the step finished, a disk that filled
     rerun_exit: int | None = None
     violations: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -99,6 +114,37 @@ class StepReference:
     passes: list[tuple[str, int, float]]  # (failpoint, nth pass, seconds after the start)
     seconds: float
     fingerprint: dict[str, Any]
+    outputs: dict[str, str]  # sha256 of every file under data/ and artifacts/ after the step
+    written_bytes: int  # how much the run directory grew
+
+
+def _disk_usage(root: Path) -> int:
+    return sum(p.lstat().st_blocks * 512 for p in root.rglob("*"))
+
+
+def _loads(path: Path) -> bool:
+    """Whether a file that neither run left is complete: it parses as what its name says."""
+    try:
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix in (".yaml", ".yml"):
+            yaml.safe_load(path.read_text())
+        elif path.suffix == ".pt":
+            import torch
+
+            torch.load(path, map_location="cpu", weights_only=True)
+        elif path.suffix == ".onnx":
+            import onnx
+
+            onnx.checker.check_model(onnx.load(str(path)))
+        elif path.suffix in (".png", ".jpg", ".jpeg"):
+            from PIL import Image
+
+            with Image.open(path) as image:
+                image.load()
+    except Exception:
+        return False
+    return True
 
 
 def _tree_hashes(root: Path) -> dict[str, str]:
@@ -152,7 +198,7 @@ class Campaign:
         if step == "push":
             from ops.versioning import dvc_executable
 
-            return [dvc_executable(), "push", "--quiet"]
+            return [dvc_executable(), "push"]
         command = [sys.executable, "-m", "ops.cli", step, self.task, "--params", str(self.params_path)]
         if step == "train" and rerun and (self.layout().model_dir / "checkpoints" / "last.pt").is_file():
             command.append("--resume")
@@ -198,15 +244,29 @@ class Campaign:
     def run_step(self, step: str, rerun: bool = False) -> int:
         return self.finish(self.start(step, rerun=rerun))
 
+    def outputs(self, root: Path | None = None) -> dict[str, str]:
+        """sha256 of every file the pipeline keeps under data/ and artifacts/ of ``root`` (the run)."""
+        root = root or self.run_dir
+        return {
+            f"{top}/{name}": digest
+            for top in ("data", "artifacts")
+            if (root / top).is_dir()
+            for name, digest in _tree_hashes(root / top).items()
+        }
+
+    def params_dict(self) -> dict[str, Any]:
+        """The tiny configuration, everything under the run directory (its DVC remote included)."""
+        from tests.conftest import tiny_params_dict
+
+        return tiny_params_dict(self.run_dir)
+
     def setup(self) -> None:
         """A fresh directory: tiny params, git, DVC with the local remote."""
         from ops.versioning import configure_remote, run_dvc
-        from tests.conftest import tiny_params_dict
 
         shutil.rmtree(self.workdir, ignore_errors=True)
         self.run_dir.mkdir(parents=True)
-        raw = tiny_params_dict(self.run_dir)
-        self.params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        self.params_path.write_text(yaml.safe_dump(self.params_dict(), sort_keys=False))
         subprocess.run(["git", "init", "-q"], cwd=self.run_dir, check=True)
         run_dvc(["init", "--quiet"], self.run_dir)
         configure_remote(self.run_dir, self.params(), local=True)
@@ -229,6 +289,7 @@ class Campaign:
 
                 run_dvc(["add", "--quiet", "data", "artifacts"], self.run_dir)
             shutil.copytree(self.run_dir, self.snapshot(step), symlinks=True)
+            before_bytes = _disk_usage(self.run_dir)
             trace = self.workdir / "traces" / f"{step}.jsonl"
             trace.parent.mkdir(parents=True, exist_ok=True)
             started = time.time()
@@ -245,7 +306,13 @@ class Campaign:
                 entry = json.loads(line)
                 counts[entry["name"]] = counts.get(entry["name"], 0) + 1
                 passes.append((entry["name"], counts[entry["name"]], entry["t"] - started))
-            self.references[step] = StepReference(passes, seconds, self.fingerprint(step))
+            self.references[step] = StepReference(
+                passes,
+                seconds,
+                self.fingerprint(step),
+                self.outputs(),
+                max(_disk_usage(self.run_dir) - before_bytes, 0),
+            )
 
     # --- what a step leaves ----------------------------------------------------------------
 
@@ -274,16 +341,27 @@ class Campaign:
         """The DVC remote's objects. DVC uploads into ``.<random>.tmp`` beside an object and
         renames; a killed push leaves that hidden file, which DVC never reads as an object
         and does not remove either (seen in this campaign): it is not counted as one."""
-        remote = self.run_dir / "dvc-storage"
+        remote = self.remote_dir
         return (
             {
                 p.relative_to(remote).as_posix(): p
                 for p in remote.rglob("*")
-                if p.is_file() and not p.name.startswith(".")
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(remote).parts)
             }
             if remote.is_dir()
             else {}
         )
+
+    @property
+    def remote_dir(self) -> Path:
+        """Where the DVC remote's objects are files."""
+        return self.run_dir / "dvc-storage"
+
+    def artefact_file(self, source: str) -> Path:
+        """The file a registered version's source URI names."""
+        from urllib.parse import unquote, urlparse
+
+        return Path(unquote(urlparse(source).path))
 
     def registry(self) -> dict[str, Any]:
         """Every registered model's aliases and versions (source, tags), read by MLflow in a fresh
@@ -313,9 +391,9 @@ class Campaign:
         }
 
     def violations(self, step: str) -> list[str]:
-        """Every invariant the directory breaks now, each named with where."""
-        found: list[str] = []
+        """Every invariant the directory breaks now that ``step`` ran to the end, each named with where."""
         registry = self.registry()
+        found = self.integrity_violations(registry)
         expected = self.references[step].fingerprint
         actual = self.fingerprint(step, registry)
         if actual != expected:
@@ -323,6 +401,23 @@ class Campaign:
             found.append(
                 f"{step}'s outputs differ from the uninterrupted run's: {', '.join(differing)[:300]}"
             )
+        return found
+
+    def half_written(self, step: str) -> list[str]:
+        """After ``step`` failed: every file under data/ and artifacts/ is as before the step, as
+        the uninterrupted step left it, or complete on its own (a checkpoint of an earlier epoch)."""
+        before = self.outputs(self.snapshot(step))
+        after = self.references[step].outputs
+        found = []
+        for name, digest in self.outputs().items():
+            if digest not in (before.get(name), after.get(name)) and not _loads(self.run_dir / name):
+                found.append(f"a half-written file looks complete: {name}")
+        return found
+
+    def integrity_violations(self, registry: dict[str, Any]) -> list[str]:
+        """What must hold whatever happened to a step: no leftovers, JSON that parses, a sound
+        registry and DVC remote, no credential in any file."""
+        found: list[str] = []
         for path in sorted(self.run_dir.rglob("*")):
             inside = path.relative_to(self.run_dir).parts
             if inside[0] in (".git", ".dvc"):
@@ -353,14 +448,11 @@ class Campaign:
                 ]
         return found
 
-    @staticmethod
-    def registry_violations(registry: dict[str, Any]) -> list[str]:
-        from urllib.parse import unquote, urlparse
-
+    def registry_violations(self, registry: dict[str, Any]) -> list[str]:
         found = []
         for name, model in registry.items():
             for number, version in model["versions"].items():
-                local = Path(unquote(urlparse(version["source"]).path))
+                local = self.artefact_file(version["source"])
                 if not local.is_file():
                     found.append(f"{name} v{number} points at a missing file: {version['source']}")
                 elif sha256_file(local) != version["tags"].get("sha256"):
@@ -431,6 +523,79 @@ class Campaign:
         result.seconds = round(time.time() - began, 1)
         return result
 
+    # --- a full disk ---------------------------------------------------------------------------
+
+    def plan_disk_full(self, per_step: int, seed: int) -> list[DiskFull]:
+        """``per_step`` full disks for every step, each leaving room for a seeded share of what
+        the step wrote (its database pages and temporary files included)."""
+        rng = random.Random(seed)
+        return [
+            DiskFull(step, round(rng.uniform(0.0, 0.9), 3)) for step in self.steps for _ in range(per_step)
+        ]
+
+    def disk_full_trial(self, fault: DiskFull) -> Trial:
+        """Run the step with the run directory on a tmpfs that fills part-way through its writing;
+        check the one error it gives and what it left, then free the space and run it again."""
+        from tests.services import Tmpfs
+
+        began = time.time()
+        self.restore(fault.step)
+        reference = self.references[fault.step]
+        held = self.workdir / "held"
+        shutil.rmtree(held, ignore_errors=True)
+        self.run_dir.rename(held)
+        disk = Tmpfs(self.run_dir, 2 * _disk_usage(held) + 4 * reference.written_bytes + (64 << 20))
+        disk.mount()
+        result = Trial(fault, killed=False)
+        log = self.workdir / "logs" / f"{fault.step}.log"
+        try:
+            shutil.copytree(held, self.run_dir, symlinks=True, dirs_exist_ok=True)
+            shutil.rmtree(held)
+            disk.resize(disk.used_bytes() + int(fault.room * reference.written_bytes))
+            offset = log.stat().st_size if log.is_file() else 0
+            code = self.run_step(fault.step)
+            if code != 0:  # the disk filled (a step that fit finished: nothing to recover from)
+                result.killed = True
+                with log.open("rb") as handle:
+                    handle.seek(offset)
+                    output = handle.read().decode(errors="replace")
+                result.violations += self.full_disk_error(fault.step, code, output)
+                result.violations += self.half_written(fault.step)
+                result.violations += self.integrity_violations(self.registry())
+        finally:
+            shutil.copytree(self.run_dir, held, symlinks=True)
+            disk.unmount()
+            self.run_dir.rmdir()
+            held.rename(self.run_dir)
+        if result.killed:
+            result.rerun_exit = self.run_step(fault.step, rerun=True)
+            if result.rerun_exit != 0:
+                result.violations.append(
+                    f"the re-run of {fault.step} after freeing space failed (exit {result.rerun_exit}): "
+                    f"see {log}"
+                )
+            else:
+                result.violations += self.violations(fault.step)
+        result.seconds = round(time.time() - began, 1)
+        return result
+
+    @staticmethod
+    def full_disk_error(step: str, code: int, output: str) -> list[str]:
+        """A step that ran out of space ends with an error line, says which file found no space,
+        and prints no traceback. (``dvc push`` prints one ``ERROR:`` line per file it could not
+        upload, then its summary: that is DVC's own format.)"""
+        lines = [line for line in output.splitlines() if line.strip()]
+        last = lines[-1] if lines else ""
+        if code < 0:
+            return [f"{step} on a full disk died of signal {-code}"]
+        if "Traceback (most recent call last)" in output:
+            return [f"{step} on a full disk printed a traceback instead of one error: {last[:200]!r}"]
+        if not re.match(r"(visionforge \w+: error: |ERROR: )", last):
+            return [f"{step} on a full disk did not end with an error: {last[:200]!r}"]
+        if not any(re.search(r"no space left|disk is full", line, re.IGNORECASE) for line in lines):
+            return [f"{step} on a full disk did not say that the disk is full: {last[:200]!r}"]
+        return []
+
 
 def registry_of(params_path: Path) -> dict[str, Any]:
     """{model: {"aliases": {alias: version}, "versions": {version: {"source", "tags"}}}}."""
@@ -453,29 +618,48 @@ def registry_of(params_path: Path) -> dict[str, Any]:
     }
 
 
+def fault_kind(point: KillPoint | DiskFull | ServiceFault) -> str:
+    if isinstance(point, KillPoint):
+        return "kill"
+    if isinstance(point, DiskFull):
+        return "disk full"
+    return f"{point.service} {point.how}"
+
+
 def summarise(steps: tuple[str, ...], trials: list[Trial]) -> list[dict[str, Any]]:
+    """One row per step and kind of fault that was tried on it."""
+    kinds = list(dict.fromkeys(fault_kind(t.point) for t in trials))
     rows = []
     for step in steps:
-        mine = [t for t in trials if t.point.step == step]
-        killed = [t for t in mine if t.killed]
-        rows.append(
-            {
-                "step": step,
-                "kills": len(killed),
-                "recovered": sum(1 for t in killed if not t.violations),
-                "violations": sum(len(t.violations) for t in killed),
-                "finished_first": len(mine) - len(killed),
-            }
-        )
+        for kind in kinds:
+            mine = [t for t in trials if t.point.step == step and fault_kind(t.point) == kind]
+            if not mine:
+                continue
+            landed = [t for t in mine if t.killed]
+            rows.append(
+                {
+                    "step": step,
+                    "fault": kind,
+                    "faults": len(landed),
+                    "recovered": sum(1 for t in landed if not t.violations),
+                    "violations": sum(len(t.violations) for t in landed),
+                    "missed": len(mine) - len(landed),  # the step finished before the fault hit
+                }
+            )
     return rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| step | kills | recovered | invariant violations |", "| --- | --- | --- | --- |"]
+    lines = [
+        "| step | fault | injected | recovered | invariant violations |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
-        lines.append(f"| {r['step']} | {r['kills']} | {r['recovered']} | {r['violations']} |")
-    total = {k: sum(r[k] for r in rows) for k in ("kills", "recovered", "violations")}
-    lines.append(f"| **all** | **{total['kills']}** | **{total['recovered']}** | **{total['violations']}** |")
+        lines.append(f"| {r['step']} | {r['fault']} | {r['faults']} | {r['recovered']} | {r['violations']} |")
+    total = {k: sum(r[k] for r in rows) for k in ("faults", "recovered", "violations")}
+    lines.append(
+        f"| **all** | | **{total['faults']}** | **{total['recovered']}** | **{total['violations']}** |"
+    )
     return "\n".join(lines)
 
 
@@ -490,7 +674,21 @@ def main(argv: list[str] | None = None) -> int:
         default=56,
         help="kills that land, spread over the steps in turn (default: %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="draws the kill points (default: %(default)s)")
+    parser.add_argument(
+        "--disk-full",
+        type=int,
+        default=2,
+        metavar="N",
+        help="full disks per step, each filling at a seeded share of the step's writing; they need "
+        "root to mount a tmpfs and are skipped, saying why, without it (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--services",
+        action="store_true",
+        help="also kill, stop and stall the services: the pipeline again with an MLflow server and "
+        "an S3 server (nanio) on 127.0.0.1",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="draws the faults (default: %(default)s)")
     parser.add_argument(
         "--steps", nargs="+", default=list(STEPS), metavar="STEP", help=f"of {', '.join(STEPS)}"
     )
@@ -519,21 +717,61 @@ def main(argv: list[str] | None = None) -> int:
         print(f"faults: error: {exc}", file=sys.stderr)
         return 2
     trials: list[Trial] = []
-    for point in plan:
-        if sum(t.killed for t in trials) == args.kills:
-            break
-        trial = campaign.trial(point)
-        trials.append(trial)
+
+    def report(trial: Trial, landed: int, wanted: int) -> None:
+        missed = {"kill": "finished before the kill", "disk full": "the step fit"}.get(
+            fault_kind(trial.point), "finished before the fault hit"
+        )
         state = (
-            "finished before the kill"
+            missed
             if not trial.killed
             else ("recovered" if not trial.violations else "VIOLATED: " + "; ".join(trial.violations))
         )
+        verb = {"kill": "killed", "disk full": "on a"}.get(fault_kind(trial.point), "with")
         print(
-            f"[{sum(t.killed for t in trials)}/{args.kills}] {point.step} killed {point.describe()}: "
-            f"{state} ({trial.seconds} s)",
+            f"[{landed}/{wanted}] {trial.point.step} {verb} {trial.point.describe()}: {state} "
+            f"({trial.seconds} s)",
             flush=True,
         )
+
+    for point in plan:
+        if sum(t.killed for t in trials) == args.kills:
+            break
+        trials.append(campaign.trial(point))
+        report(trials[-1], sum(t.killed for t in trials), args.kills)
+    skipped = None
+    if args.disk_full > 0 and args.point is None:
+        from tests.services import tmpfs_unavailable
+
+        skipped = tmpfs_unavailable()
+        if skipped is not None:
+            print(f"full-disk faults skipped: {skipped}", flush=True)
+        else:
+            disks = campaign.plan_disk_full(args.disk_full, args.seed)
+            for number, fault in enumerate(disks, 1):
+                trials.append(campaign.disk_full_trial(fault))
+                report(trials[-1], number, len(disks))
+    if args.services and args.point is None:
+        from benchmarks.service_faults import ServiceCampaign
+
+        served = ServiceCampaign(
+            args.workdir.parent / f"{args.workdir.name}-services", args.task, campaign.steps
+        )
+        try:
+            print(
+                f"reference run of {args.task} with an MLflow server and S3 in {served.run_dir} ...",
+                flush=True,
+            )
+            served.reference()
+            faults = served.plan_services(args.seed)
+            for number, fault in enumerate(faults, 1):
+                trials.append(served.service_trial(fault))
+                report(trials[-1], number, len(faults))
+        except HarnessError as exc:
+            print(f"faults: error: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            served.close()
     rows = summarise(campaign.steps, trials)
     write_json(
         args.out,
@@ -541,7 +779,8 @@ def main(argv: list[str] | None = None) -> int:
             "task": args.task,
             "seed": args.seed,
             "summary": rows,
-            "trials": [asdict(t) for t in trials],
+            "disk_full_skipped": skipped,
+            "trials": [asdict(t) | {"fault": fault_kind(t.point)} for t in trials],
         },
     )
     print()

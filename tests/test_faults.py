@@ -1,6 +1,7 @@
-"""The kill-anywhere harness (``make faults``) against the real pipeline: a kill at every step is
-survived, the invariant checks catch each kind of damage they guard against, and bad requests
-to the harness are refused. ``make faults`` runs the full campaign (56 kills)."""
+"""The fault-injection harness (``make faults``) against the real pipeline: a kill at every step
+is survived, the invariant checks catch each kind of damage they guard against (a full disk's
+and a dead service's included), and bad requests to the harness are refused. ``make faults``
+runs the full campaign: the kills, a full disk at every step, the services killed and stalled."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from benchmarks.faults import SECRETS, STEPS, Campaign, HarnessError, KillPoint, main, summarise
+from benchmarks.service_faults import ServiceCampaign, ServiceFault
 from ops.layout import TaskLayout
 from ops.tracking import registered_model_name, tracking_uri
 from tests.services import dead_pid
@@ -74,8 +77,9 @@ def test_a_kill_at_every_step_is_survived(campaign):
     rows = {row["step"]: row for row in summarise(STEPS, trials)}
     problems = [v for t in trials for v in t.violations]
     assert problems == []
-    assert sum(row["kills"] for row in rows.values()) >= len(STEPS) - 1, rows
-    assert all(row["recovered"] == row["kills"] for row in rows.values())
+    assert all(row["fault"] == "kill" for row in rows.values())
+    assert sum(row["faults"] for row in rows.values()) >= len(STEPS) - 1, rows
+    assert all(row["recovered"] == row["faults"] for row in rows.values())
 
 
 def test_a_killed_training_resumes_to_the_uninterrupted_weights(campaign):
@@ -94,3 +98,44 @@ def test_bad_requests_to_the_harness_are_refused(campaign, tmp_path, capsys):
         campaign.plan(1, seed=0, point="write:last.pt@99")
     assert main(["--steps", "bogus", "--workdir", str(tmp_path / "w")]) == 2
     assert "unknown step(s) bogus" in capsys.readouterr().err
+
+
+def test_the_full_disk_checks_catch_a_traceback_a_silent_failure_and_a_half_written_file(campaign):
+    path = "/run/artifacts/sidd/onnx/model.onnx"
+    ours = f"visionforge export: error: no space left on the device writing {path}: it needs more than 1 MiB"
+    dvcs = "ERROR: failed to transfer 'c4' - [Errno 28] No space left on device\nERROR: failed to push data"
+    assert Campaign.full_disk_error("export", 2, "progress\n" + ours) == []
+    assert Campaign.full_disk_error("push", 1, dvcs) == []
+    traceback = "Traceback (most recent call last):\n  File x\nOSError: [Errno 28] No space left on device"
+    assert "printed a traceback" in Campaign.full_disk_error("export", 1, traceback)[0]
+    assert "did not end with an error" in Campaign.full_disk_error("export", 1, "epoch 2 done\n")[0]
+    vague = "visionforge export: error: could not write the model"
+    assert "did not say that the disk is full" in Campaign.full_disk_error("export", 2, vague)[0]
+    assert "died of signal 9" in Campaign.full_disk_error("export", -9, "")[0]
+
+    campaign.restore("train")
+    layout = TaskLayout.for_task(campaign.params(), TASK)
+    layout.onnx.parent.mkdir(parents=True, exist_ok=True)
+    layout.onnx.write_bytes(b"\x08\x07half an ONNX model")
+    earlier = {"epoch": 0, "model_state": {"w": torch.zeros(2)}}
+    torch.save(earlier, layout.checkpoint)  # complete on its own: an earlier epoch's checkpoint
+    found = campaign.half_written("export")
+    assert found == [f"a half-written file looks complete: {layout.onnx.relative_to(campaign.run_dir)}"]
+
+
+def test_the_service_checks_want_one_error_naming_the_service_and_the_timeout(tmp_path):
+    served = ServiceCampaign(tmp_path, TASK, STEPS)  # no server starts until its reference runs
+    mlflow = served.services.mlflow_uri
+    killed = ServiceFault("export", "mlflow", "killed", nth=3)
+    named = f"visionforge export: error: MLflow at {mlflow}: registering sidd-denoiser-onnx failed: refused"
+    assert served.service_error(killed, 2, "working\n" + named, 12.0) == []
+    traceback = "Traceback (most recent call last):"
+    assert "printed a traceback" in served.service_error(killed, 1, traceback, 3)[0]
+    assert "does not name" in served.service_error(killed, 2, "visionforge export: error: failed", 3)[0]
+    stalled = ServiceFault("push", "s3", "stalled")
+    endpoint = served.services.s3_endpoint
+    dvc_timeout = f"ERROR: failed to push data to the cloud - Read timeout on endpoint URL: {endpoint}/b"
+    assert served.service_error(stalled, 1, dvc_timeout, 40.0) == []
+    refused = f"ERROR: failed to push data to the cloud - Could not connect to {endpoint}"
+    assert "does not name the timeout" in served.service_error(stalled, 1, refused, 40.0)[0]
+    assert "took 900 s to fail" in served.service_error(stalled, 1, dvc_timeout, 900.0)[0]
