@@ -29,7 +29,8 @@ help:
 	@echo "                and the MLflow UI (runs, registry) on http://$(UI_HOST):$(MLFLOW_PORT)"
 	@echo "make test       set up .venv, then run the whole test suite (what CI runs)"
 	@echo "make test-fast  the tests without the slow end-to-end ones"
-	@echo "make faults     kill every step of a tiny pipeline at 56 seeded moments; check nothing is lost (build/faults.json)"
+	@echo "make faults     kill every step of a tiny pipeline at 56 seeded moments, fill its disk, kill and stall its"
+	@echo "                MLflow and S3 servers; check nothing is lost or half-written (build/faults.json)"
 	@echo "make docker-test  build the project's image with a local Docker daemon and run the pipeline in it"
 	@echo "make cpp        build the C++ detector into build/cpp (installs its Debian packages if missing)"
 	@echo "make detect-video  run the C++ detector on the demo's traffic video (after make demo)"
@@ -161,13 +162,17 @@ docker-test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -ra -m 'not slow and not docker' $(PYTEST_WORKERS)
 
-# Kill anywhere (benchmarks/faults.py): SIGKILL each step of a tiny pipeline at FAULT_KILLS seeded
-# moments, re-run it, check the invariants; prints the table and writes build/faults.json.
-# Exit status 1 on any violation. The test suite runs a kill per step; this is the campaign.
+# Faults (benchmarks/faults.py): SIGKILL each step of a tiny pipeline at FAULT_KILLS seeded moments,
+# run each step on a disk that fills part-way (FAULT_DISKS per step: a tmpfs, which needs root;
+# skipped, saying so, without it), and kill, stop and stall the MLflow server and the S3 server
+# under it. Each step runs again and the invariants are checked; the table is printed and written
+# to build/faults.json. Exit status 1 on any violation. The test suite runs a kill per step.
 FAULT_KILLS ?= 56
+FAULT_DISKS ?= 1
 FAULT_SEED ?= 0
 faults: setup
-	$(BIN)/python -m benchmarks.faults --kills $(FAULT_KILLS) --seed $(FAULT_SEED) --out build/faults.json
+	$(BIN)/python -m benchmarks.faults --kills $(FAULT_KILLS) --disk-full $(FAULT_DISKS) --services \
+		--seed $(FAULT_SEED) --out build/faults.json
 
 lint: setup
 	$(BIN)/ruff check ops assets pipelines tests benchmarks

@@ -203,7 +203,11 @@ class S3Store:
     def upload(self, path: Path | str, *parts: str) -> str:
         """Upload a file (multipart when large) to ``<prefix>/<parts>``; return its ``s3://`` URL."""
         path = Path(path)
-        key = self.key(*parts) if parts else self.key(path.name)
+        return self.upload_key(path, self.key(*parts) if parts else self.key(path.name))
+
+    def upload_key(self, path: Path | str, key: str) -> str:
+        """Upload a file to the object ``key`` of the bucket (not under the prefix); its URL."""
+        path = Path(path)
         try:
             self.client.upload_file(str(path), self.cfg.bucket, key)
         except Exception as exc:

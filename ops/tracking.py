@@ -196,6 +196,7 @@ class Tracker:
         self.enabled = params.tracking.enabled
         self.uri = tracking_uri(params)
         self._experiments: dict[str, str] = {}
+        self._artifact_uris: dict[str, str] = {}  # run id -> where its artefacts go
         self._lineage: dict[str, dict[str, str]] = {}  # per public call: the data does not change meanwhile
         if not self.enabled:
             self.client: MlflowClient | None = None
@@ -402,20 +403,52 @@ class Tracker:
 
     def _log_file(self, run_id: str, path: Path, task: str) -> str:
         """Log ``path`` (a file or directory) under its path inside the task's directory."""
-        client = self._require("tracking")
         root = TaskLayout.for_task(self.params, task).root
         try:
             relative = Path(path).resolve().relative_to(Path(root).resolve())
         except ValueError:
             relative = Path(Path(path).name)
         if Path(path).is_dir():
-            self._call(f"logging {path}", client.log_artifacts, run_id, str(path), relative.as_posix())
+            self._log_artifact(f"logging {path}", run_id, Path(path), relative.as_posix())
             return relative.as_posix()
         parent = relative.parent.as_posix()
-        self._call(
-            f"logging {path}", client.log_artifact, run_id, str(path), None if parent == "." else parent
-        )
+        self._log_artifact(f"logging {path}", run_id, Path(path), None if parent == "." else parent)
         return relative.as_posix()
+
+    def _log_artifact(self, what: str, run_id: str, path: Path, artifact_path: str | None) -> None:
+        """Log a file, or a directory's files, as artefacts of ``run_id`` under ``artifact_path``.
+
+        When the run keeps its artefacts in the configured bucket (``storage.remote: s3``), they
+        are uploaded by :class:`ops.storage.S3Store`, whose timeouts and retries are bounded.
+        MLflow's own S3 client has botocore's defaults, 60 s per read and five attempts per
+        request, so a stalled S3 server would hang a step for many minutes (measured by
+        ``make faults``). MLflow keeps no list of a run's artefacts: a file under the run's
+        artefact URI is an artefact, whoever put it there.
+        """
+        client = self._require("tracking")
+        if run_id not in self._artifact_uris:
+            self._artifact_uris[run_id] = self._call(
+                "reading the run", client.get_run, run_id
+            ).info.artifact_uri
+        uri = self._artifact_uris[run_id]
+        storage = self.params.storage
+        bucket, _, base = uri.removeprefix("s3://").partition("/")
+        if not uri.startswith("s3://") or storage.remote != "s3" or bucket != storage.s3.bucket:
+            log_fn = client.log_artifacts if path.is_dir() else client.log_artifact
+            self._call(what, log_fn, run_id, str(path), artifact_path)
+            return
+        from ops.storage import S3Store
+
+        store = S3Store(storage.s3)
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for file in files:
+            inside = file.name if file == path else file.relative_to(path).as_posix()
+            key = "/".join(part.strip("/") for part in (base, artifact_path or "", inside) if part)
+            try:
+                store.upload_key(file, key)
+            except VisionForgeError as exc:
+                raise TrackingError(f"MLflow at {self.safe_uri}: {what} failed: {exc}") from None
+        failpoint(f"mlflow:{what}")
 
     # --- steps ---------------------------------------------------------------------------------
 
@@ -556,7 +589,7 @@ class Tracker:
         artefact = logged_as
         if artefact is None:
             artefact = f"registered/{fmt}/{path.name}"
-            self._call(f"logging {path}", client.log_artifact, run_id, str(path), f"registered/{fmt}")
+            self._log_artifact(f"logging {path}", run_id, path, f"registered/{fmt}")
         version = self._call(
             f"registering {name}",
             client.create_model_version,
@@ -783,7 +816,7 @@ class Tracker:
         with tempfile.TemporaryDirectory(prefix="release-") as tmp:
             path = Path(tmp) / "decision.json"
             path.write_text(json.dumps(decision.to_dict(), indent=2))
-            self._call("logging the decision", client.log_artifact, run_id, str(path))
+            self._log_artifact("logging the decision", run_id, path, None)
         return decision
 
     def _restore_aliases(
