@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,25 +43,31 @@ MLFLOW_STEPS = ("train", "export", "validate", "promote")
 
 @dataclass(frozen=True)
 class ServiceFault:
-    """``service`` (mlflow | s3) is ``how`` (killed | down | stalled) during ``step``: killed at the
-    ``nth`` MLflow call the step makes (MLflow) or ``delay_s`` into it (S3); down from its start;
-    stalled: a server that accepts connections and never answers in its place."""
+    """``service`` (mlflow | s3) is ``how`` (killed | down | stalled) during ``step``: killed once
+    the step made its ``nth`` MLflow call (MLflow) or its ``nth`` upload (S3, from the server's
+    access log); down from its start; stalled: a server that accepts connections and never
+    answers in its place."""
 
     step: str
     service: str
     how: str
     nth: int = 0
-    delay_s: float = 0.0
 
     def describe(self) -> str:
         if self.how == "killed":
-            when = (
-                f"at its MLflow call {self.nth}"
-                if self.service == "mlflow"
-                else f"after {self.delay_s:.1f} s"
-            )
-            return f"{self.service} killed {when}"
+            what = "MLflow call" if self.service == "mlflow" else "upload"
+            return f"{self.service} killed at its {what} {self.nth}"
         return f"{self.service} {self.how}"
+
+
+def _mlflow_calls(trace: Path) -> int:
+    """MLflow calls the step has made so far, from its failpoint trace."""
+    return sum(1 for line in trace.read_text().splitlines() if '"mlflow:' in line) if trace.is_file() else 0
+
+
+def _uploads(access_log: Path) -> int:
+    """PUT requests in nanio's access log so far."""
+    return access_log.read_text(errors="replace").count('"PUT ') if access_log.is_file() else 0
 
 
 class Stall:
@@ -251,10 +259,9 @@ class ServiceCampaign(Campaign):
             if calls:
                 faults.append(ServiceFault(step, "mlflow", "killed", nth=rng.randint(1, len(calls))))
         for step in (s for s in ("export", "push") if s in self.steps):
-            seconds = self.references[step].seconds
             faults += [
                 ServiceFault(step, "s3", "down"),
-                ServiceFault(step, "s3", "killed", delay_s=round(rng.uniform(0.3, 0.9) * seconds, 1)),
+                ServiceFault(step, "s3", "killed", nth=rng.randint(1, 3)),  # both upload more than 3 files
                 ServiceFault(step, "s3", "stalled"),
             ]
         return faults
@@ -270,10 +277,15 @@ class ServiceCampaign(Campaign):
         trace.unlink(missing_ok=True)
         log = self.workdir / "logs" / f"{fault.step}.log"
         offset = log.stat().st_size if log.is_file() else 0
+        access_log = self.services.logs / "nanio.log"
+        uploads_before = _uploads(access_log)
         started = time.monotonic()
         process = self.start(fault.step, {TRACE_ENV: str(trace)})
         if fault.how == "killed":
-            self._kill_during(process, fault, trace)
+            if fault.service == "s3":
+                self._kill_during(process, fault, lambda: _uploads(access_log) - uploads_before)
+            else:
+                self._kill_during(process, fault, lambda: _mlflow_calls(trace))
         code = self.finish(process)
         seconds = time.monotonic() - started
         result = Trial(fault, killed=code != 0)  # a step that finished first missed the fault
@@ -297,15 +309,12 @@ class ServiceCampaign(Campaign):
         result.seconds = round(time.time() - began, 1)
         return result
 
-    def _kill_during(self, process: subprocess.Popen, fault: ServiceFault, trace: Path) -> None:
-        """Kill the service at the step's ``nth`` MLflow call (as soon as the trace shows it) or
-        ``delay_s`` after the step started."""
-        deadline = time.monotonic() + (fault.delay_s if fault.service == "s3" else STEP_TIMEOUT_S)
-        while process.poll() is None and time.monotonic() < deadline:
-            if fault.service == "mlflow" and trace.is_file():
-                calls = sum(1 for line in trace.read_text().splitlines() if '"mlflow:' in line)
-                if calls >= fault.nth:
-                    break
+    def _kill_during(
+        self, process: subprocess.Popen, fault: ServiceFault, progress: Callable[[], int]
+    ) -> None:
+        """Kill the service as soon as the step has made its ``nth`` MLflow call or upload."""
+        deadline = time.monotonic() + STEP_TIMEOUT_S
+        while process.poll() is None and time.monotonic() < deadline and progress() < fault.nth:
             time.sleep(0.01)
         if process.poll() is None:
             if fault.service == "mlflow":
@@ -316,8 +325,11 @@ class ServiceCampaign(Campaign):
     def service_error(self, fault: ServiceFault, code: int, output: str, seconds: float) -> list[str]:
         """One error line, no traceback, naming the service (and the timeout, for a stall), in
         bounded time."""
-        lines = [line for line in output.splitlines() if line.strip()]
-        last = lines[-1] if lines else ""
+        # the step's own error line: DVC may print a line of advice after its "ERROR: ..."
+        errors = [
+            line for line in output.splitlines() if re.match(r"(visionforge \w+: error: |ERROR: )", line)
+        ]
+        last = errors[-1] if errors else ""
         where = (
             self.services.mlflow_uri if fault.service == "mlflow" else f"127.0.0.1:{self.services.s3_port}"
         )

@@ -136,6 +136,8 @@ def test_the_service_checks_want_one_error_naming_the_service_and_the_timeout(tm
     endpoint = served.services.s3_endpoint
     dvc_timeout = f"ERROR: failed to push data to the cloud - Read timeout on endpoint URL: {endpoint}/b"
     assert served.service_error(stalled, 1, dvc_timeout, 40.0) == []
+    advice = "Having any troubles? Hit us up at https://dvc.org/support, we are always happy to help!"
+    assert served.service_error(stalled, 255, f"{dvc_timeout}\n\n{advice}\n", 300.0) == []
     refused = f"ERROR: failed to push data to the cloud - Could not connect to {endpoint}"
     assert "does not name the timeout" in served.service_error(stalled, 1, refused, 40.0)[0]
     assert "took 900 s to fail" in served.service_error(stalled, 1, dvc_timeout, 900.0)[0]
