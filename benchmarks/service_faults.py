@@ -28,7 +28,7 @@ from typing import Any
 
 from benchmarks.faults import SECRETS, STEP_TIMEOUT_S, Campaign, Trial
 from ops.failpoints import TRACE_ENV
-from tests.services import BIN, free_port, start_nanio, stop_group, wait_for_http
+from tests.services import free_port, start_mlflow_server, start_nanio, stop_group
 
 BUCKET = "visionforge-faults"
 PREFIX = "faults"
@@ -147,39 +147,19 @@ class Services:
     def start_mlflow(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.state.mkdir(parents=True, exist_ok=True)
-        with open(self.logs / "mlflow-server.log", "ab") as log:
-            self.mlflow = subprocess.Popen(
-                [
-                    str(BIN / "mlflow"),
-                    "server",
-                    "--workers",
-                    "1",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.mlflow_port),
-                    "--backend-store-uri",
-                    f"sqlite:///{self.state / 'mlflow.db'}",
-                    "--artifacts-destination",
-                    f"s3://{BUCKET}/{PREFIX}/mlflow",
-                ],
-                env={
-                    **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))},
-                    **SECRETS,
-                    "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint,
-                    "AWS_DEFAULT_REGION": REGION,
-                    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # GenAI job runners: idle processes
-                },
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=self.state,
-            )
-        try:
-            wait_for_http(f"{self.mlflow_uri}/health", self.mlflow, 180)
-        except RuntimeError:
-            self.kill_mlflow()
-            raise
+        self.mlflow = start_mlflow_server(
+            f"sqlite:///{self.state / 'mlflow.db'}",
+            f"s3://{BUCKET}/{PREFIX}/mlflow",
+            {
+                **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))},
+                **SECRETS,
+                "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint,
+                "AWS_DEFAULT_REGION": REGION,
+            },
+            self.logs / "mlflow-server.log",
+            self.state,
+            self.mlflow_port,
+        )
 
     def kill_mlflow(self) -> None:
         if self.mlflow is not None:

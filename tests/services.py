@@ -106,6 +106,41 @@ def start_nanio(
     return process, endpoint
 
 
+def start_mlflow_server(
+    backend_store_uri: str, artifacts_destination: str, env: dict[str, str], log: Path, cwd: Path, port: int
+) -> subprocess.Popen:
+    """``mlflow server`` on 127.0.0.1:``port`` (one worker, the GenAI job runners off), ready to
+    answer; ``env`` is its whole environment (S3 endpoint and credentials for the artefacts)."""
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--workers",
+                "1",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--backend-store-uri",
+                backend_store_uri,
+                "--artifacts-destination",
+                artifacts_destination,
+            ],
+            env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # a dozen idle processes otherwise
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=cwd,
+        )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/health", process, 180)
+    except RuntimeError:
+        stop_group(process, ((signal.SIGKILL, 10),))
+        raise
+    return process
+
+
 def postgres_bin() -> Path | None:
     """Debian's PostgreSQL 15 server binaries, if installed."""
     path = Path("/usr/lib/postgresql/15/bin")

@@ -21,7 +21,7 @@ from ops.errors import StorageError, VersioningError
 from ops.storage import S3Store, dvc_remote, redact
 from ops.versioning import configure_remote, pull, push, run_dvc
 from tests.conftest import tiny_params_dict, write_params
-from tests.services import BIN, free_port, start_nanio, stop_group, wait_for_http
+from tests.services import free_port, start_mlflow_server, start_nanio, stop_group
 
 ACCESS_KEY = "vfaccess" + uuid.uuid4().hex[:8]
 SECRET_KEY = "vfsecret" + uuid.uuid4().hex
@@ -140,35 +140,15 @@ def test_an_mlflow_server_keeps_registered_artefacts_in_the_bucket(
 
     shutil.copyfile(mlflow_template_db, tmp_path / "server.db")  # migrated already: starts sooner
     port = free_port()
-    server_log = (tmp_path / "mlflow-server.log").open("w")
-    server = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--workers",
-            "1",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            f"s3://{BUCKET}/team/vf/mlflow",
-        ],
-        env={
-            **os.environ,
-            "MLFLOW_S3_ENDPOINT_URL": s3.endpoint_url,
-            "AWS_DEFAULT_REGION": s3.region,
-            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # GenAI job runner: a dozen idle processes
-        },
-        stdout=server_log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        cwd=tmp_path,
+    server = start_mlflow_server(
+        f"sqlite:///{tmp_path / 'server.db'}",
+        f"s3://{BUCKET}/team/vf/mlflow",
+        {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3.endpoint_url, "AWS_DEFAULT_REGION": s3.region},
+        tmp_path / "mlflow-server.log",
+        tmp_path,
+        port,
     )
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/health", server, 120)
         raw = yaml.safe_load(write_params(tmp_path, tiny_params_dict(tmp_path)).read_text())
         raw["tracking"]["uri"] = f"http://127.0.0.1:{port}"
         monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -199,7 +179,6 @@ def test_an_mlflow_server_keeps_registered_artefacts_in_the_bucket(
         assert not any(secret in text for text in texts for secret in (SECRET_KEY, ACCESS_KEY))
     finally:
         stop_group(server)
-        server_log.close()
 
 
 def test_the_embedded_store_keeps_artefacts_in_the_bucket_when_storage_is_s3(
