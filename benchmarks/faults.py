@@ -270,6 +270,13 @@ class Campaign:
         subprocess.run(["git", "init", "-q"], cwd=self.run_dir, check=True)
         run_dvc(["init", "--quiet"], self.run_dir)
         configure_remote(self.run_dir, self.params(), local=True)
+        # DVC remembers what the remote holds in its site cache (/var/tmp/dvc by default, keyed
+        # by the repository's path). Kept outside, it would outlive each restore of the remote:
+        # a re-run then skipped objects DVC believed uploaded (seen in the campaign).
+        run_dvc(
+            ["config", "--local", "core.site_cache_dir", str(self.run_dir / ".dvc" / "site-cache")],
+            self.run_dir,
+        )
 
     def snapshot(self, step: str) -> Path:
         return self.workdir / "snapshots" / step
@@ -512,16 +519,30 @@ class Campaign:
         if not result.killed:
             result.seconds = round(time.time() - began, 1)
             return result  # finished before the kill: nothing to recover from
-        result.rerun_exit = self.run_step(point.step, rerun=True)
-        if result.rerun_exit != 0:
-            result.violations.append(
-                f"the re-run of {point.step} failed (exit {result.rerun_exit}): "
-                f"see {self.workdir / 'logs' / point.step}.log"
-            )
-        else:
-            result.violations += self.violations(point.step)
+        self.recover(result, point.step, "after the kill")
         result.seconds = round(time.time() - began, 1)
         return result
+
+    def recover(self, result: Trial, step: str, after: str) -> None:
+        """Run ``step`` again, as a user would ``after`` the fault; then check the invariants."""
+        result.rerun_exit = self.run_step(step, rerun=True)
+        if result.rerun_exit != 0:
+            result.violations.append(
+                f"the re-run of {step} {after} failed (exit {result.rerun_exit}): "
+                f"see {self.workdir / 'logs' / step}.log"
+            )
+        else:
+            result.violations += self.violations(step)
+
+    def output_since(self, step: str, offset: int) -> str:
+        """What ``step`` printed to its log after ``offset``."""
+        with (self.workdir / "logs" / f"{step}.log").open("rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode(errors="replace")
+
+    def log_size(self, step: str) -> int:
+        log = self.workdir / "logs" / f"{step}.log"
+        return log.stat().st_size if log.is_file() else 0
 
     # --- a full disk ---------------------------------------------------------------------------
 
@@ -547,18 +568,15 @@ class Campaign:
         disk = Tmpfs(self.run_dir, 2 * _disk_usage(held) + 4 * reference.written_bytes + (64 << 20))
         disk.mount()
         result = Trial(fault, killed=False)
-        log = self.workdir / "logs" / f"{fault.step}.log"
         try:
             shutil.copytree(held, self.run_dir, symlinks=True, dirs_exist_ok=True)
             shutil.rmtree(held)
             disk.resize(disk.used_bytes() + int(fault.room * reference.written_bytes))
-            offset = log.stat().st_size if log.is_file() else 0
+            offset = self.log_size(fault.step)
             code = self.run_step(fault.step)
             if code != 0:  # the disk filled (a step that fit finished: nothing to recover from)
                 result.killed = True
-                with log.open("rb") as handle:
-                    handle.seek(offset)
-                    output = handle.read().decode(errors="replace")
+                output = self.output_since(fault.step, offset)
                 result.violations += self.full_disk_error(fault.step, code, output)
                 result.violations += self.half_written(fault.step)
                 result.violations += self.integrity_violations(self.registry())
@@ -568,14 +586,7 @@ class Campaign:
             self.run_dir.rmdir()
             held.rename(self.run_dir)
         if result.killed:
-            result.rerun_exit = self.run_step(fault.step, rerun=True)
-            if result.rerun_exit != 0:
-                result.violations.append(
-                    f"the re-run of {fault.step} after freeing space failed (exit {result.rerun_exit}): "
-                    f"see {log}"
-                )
-            else:
-                result.violations += self.violations(fault.step)
+            self.recover(result, fault.step, "after freeing space")
         result.seconds = round(time.time() - began, 1)
         return result
 

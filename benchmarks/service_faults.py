@@ -255,8 +255,7 @@ class ServiceCampaign(Campaign):
             self.services.stall_s3()
         trace = self.workdir / "traces" / "service-trial.jsonl"
         trace.unlink(missing_ok=True)
-        log = self.workdir / "logs" / f"{fault.step}.log"
-        offset = log.stat().st_size if log.is_file() else 0
+        offset = self.log_size(fault.step)
         access_log = self.services.logs / "nanio.log"
         uploads_before = _uploads(access_log)
         started = time.monotonic()
@@ -270,22 +269,13 @@ class ServiceCampaign(Campaign):
         seconds = time.monotonic() - started
         result = Trial(fault, killed=code != 0)  # a step that finished first missed the fault
         if result.killed:
-            with log.open("rb") as handle:
-                handle.seek(offset)
-                output = handle.read().decode(errors="replace")
+            output = self.output_since(fault.step, offset)
             result.violations += self.service_error(fault, code, output, seconds)
             self.services.start()
             result.violations += self.integrity_violations(self.registry())
         self.services.start()
         if result.killed:
-            result.rerun_exit = self.run_step(fault.step, rerun=True)
-            if result.rerun_exit != 0:
-                result.violations.append(
-                    f"the re-run of {fault.step} with {fault.service} back failed "
-                    f"(exit {result.rerun_exit}): see {log}"
-                )
-            else:
-                result.violations += self.violations(fault.step)
+            self.recover(result, fault.step, f"with {fault.service} back")
         result.seconds = round(time.time() - began, 1)
         return result
 
