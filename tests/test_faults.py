@@ -118,6 +118,7 @@ def test_the_full_disk_checks_catch_a_traceback_a_silent_failure_and_a_half_writ
     layout.onnx.parent.mkdir(parents=True, exist_ok=True)
     layout.onnx.write_bytes(b"\x08\x07half an ONNX model")
     earlier = {"epoch": 0, "model_state": {"w": torch.zeros(2)}}
+    layout.checkpoint.parent.mkdir(parents=True, exist_ok=True)
     torch.save(earlier, layout.checkpoint)  # complete on its own: an earlier epoch's checkpoint
     found = campaign.half_written("export")
     assert found == [f"a half-written file looks complete: {layout.onnx.relative_to(campaign.run_dir)}"]
