@@ -29,7 +29,7 @@ help:
 	@echo "                and the MLflow UI (runs, registry) on http://$(UI_HOST):$(MLFLOW_PORT)"
 	@echo "make test       set up .venv, then run the whole test suite (what CI runs)"
 	@echo "make test-fast  the tests without the slow end-to-end ones"
-	@echo "make faults     kill every step of a tiny pipeline at 56 seeded moments, fill its disk, kill and stall its"
+	@echo "make faults     kill every step of a tiny pipeline at 50 seeded moments, fill its disk, kill and stall its"
 	@echo "                MLflow and S3 servers; check nothing is lost or half-written (build/faults.json)"
 	@echo "make docker-test  build the project's image with a local Docker daemon and run the pipeline in it"
 	@echo "make cpp        build the C++ detector into build/cpp (installs its Debian packages if missing)"
@@ -167,7 +167,7 @@ test-fast: setup
 # skipped, saying so, without it), and kill, stop and stall the MLflow server and the S3 server
 # under it. Each step runs again and the invariants are checked; the table is printed and written
 # to build/faults.json. Exit status 1 on any violation. The test suite runs a kill per step.
-FAULT_KILLS ?= 56
+FAULT_KILLS ?= 50
 FAULT_DISKS ?= 1
 FAULT_SEED ?= 0
 faults: setup

@@ -1,8 +1,11 @@
-"""Kill anywhere: SIGKILL each step of a tiny pipeline at seeded moments, run the step again,
-and check that nothing was lost, left half-written or promoted unvalidated.
+"""Faults the pipeline must survive: SIGKILL each step of a tiny pipeline at seeded moments, run
+each on a disk that fills part-way, and (``--services``, :mod:`benchmarks.service_faults`) kill
+and stall its MLflow and S3 servers; run the step again and check that nothing was lost, left
+half-written or promoted unvalidated.
 
-    python -m benchmarks.faults [--task sidd] [--kills 56] [--seed 0] [--steps ingest train ...]
-        [--point NAME[@N]] [--workdir build/faults/work] [--out build/faults.json]
+    python -m benchmarks.faults [--task sidd] [--kills 50] [--disk-full 2] [--services] [--seed 0]
+        [--steps ingest train ...] [--point NAME[@N]] [--workdir build/faults/work]
+        [--out build/faults.json]
 
 A reference run takes the steps in order (``ingest`` ... ``promote`` as ``visionforge`` commands,
 then ``dvc push`` of the data and artefacts to the local remote), in one directory, with MLflow
@@ -596,16 +599,25 @@ class Campaign:
         and prints no traceback. (``dvc push`` prints one ``ERROR:`` line per file it could not
         upload, then its summary: that is DVC's own format.)"""
         lines = [line for line in output.splitlines() if line.strip()]
-        last = lines[-1] if lines else ""
+        error = error_line(output)
         if code < 0:
             return [f"{step} on a full disk died of signal {-code}"]
         if "Traceback (most recent call last)" in output:
-            return [f"{step} on a full disk printed a traceback instead of one error: {last[:200]!r}"]
-        if not re.match(r"(visionforge \w+: error: |ERROR: )", last):
-            return [f"{step} on a full disk did not end with an error: {last[:200]!r}"]
+            return [f"{step} on a full disk printed a traceback instead of one error: {error[:200]!r}"]
+        if not error:
+            return [f"{step} on a full disk ended without an error: {(lines or [''])[-1][:200]!r}"]
         if not any(re.search(r"no space left|disk is full", line, re.IGNORECASE) for line in lines):
-            return [f"{step} on a full disk did not say that the disk is full: {last[:200]!r}"]
+            return [f"{step} on a full disk did not say that the disk is full: {error[:200]!r}"]
         return []
+
+
+def error_line(output: str) -> str:
+    """The last error line a step printed: ``visionforge <step>: error: …`` or DVC's ``ERROR: …``
+    (after which DVC may print a line of advice); empty when there is none."""
+    errors = [
+        line for line in output.splitlines() if re.match(r"(visionforge [\w-]+: error: |ERROR: )", line)
+    ]
+    return errors[-1] if errors else ""
 
 
 def registry_of(params_path: Path) -> dict[str, Any]:
@@ -682,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--kills",
         type=int,
-        default=56,
+        default=50,
         help="kills that land, spread over the steps in turn (default: %(default)s)",
     )
     parser.add_argument(

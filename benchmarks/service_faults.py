@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import signal
 import socket
 import subprocess
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.faults import SECRETS, STEP_TIMEOUT_S, Campaign, Trial
+from benchmarks.faults import SECRETS, STEP_TIMEOUT_S, Campaign, Trial, error_line
 from ops.failpoints import TRACE_ENV
 from tests.services import free_port, start_mlflow_server, start_nanio, stop_group
 
@@ -295,11 +294,7 @@ class ServiceCampaign(Campaign):
     def service_error(self, fault: ServiceFault, code: int, output: str, seconds: float) -> list[str]:
         """One error line, no traceback, naming the service (and the timeout, for a stall), in
         bounded time."""
-        # the step's own error line: DVC may print a line of advice after its "ERROR: ..."
-        errors = [
-            line for line in output.splitlines() if re.match(r"(visionforge \w+: error: |ERROR: )", line)
-        ]
-        last = errors[-1] if errors else ""
+        last = error_line(output)
         where = (
             self.services.mlflow_uri if fault.service == "mlflow" else f"127.0.0.1:{self.services.s3_port}"
         )

@@ -108,7 +108,10 @@ def test_the_full_disk_checks_catch_a_traceback_a_silent_failure_and_a_half_writ
     assert Campaign.full_disk_error("push", 1, dvcs) == []
     traceback = "Traceback (most recent call last):\n  File x\nOSError: [Errno 28] No space left on device"
     assert "printed a traceback" in Campaign.full_disk_error("export", 1, traceback)[0]
-    assert "did not end with an error" in Campaign.full_disk_error("export", 1, "epoch 2 done\n")[0]
+    assert "ended without an error" in Campaign.full_disk_error("export", 1, "epoch 2 done\n")[0]
+    advice = "Having any troubles? Hit us up at https://dvc.org/support, we are always happy to help!"
+    index_full = f"ERROR: unexpected error - database or disk is full\n\n{advice}\n"
+    assert Campaign.full_disk_error("push", 255, index_full) == []
     vague = "visionforge export: error: could not write the model"
     assert "did not say that the disk is full" in Campaign.full_disk_error("export", 2, vague)[0]
     assert "died of signal 9" in Campaign.full_disk_error("export", -9, "")[0]
