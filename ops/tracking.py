@@ -384,6 +384,15 @@ class Tracker:
         self._call("closing the run", client.set_terminated, run_id, status)
         self._call("closing the pipeline run", client.set_terminated, parent, status)
 
+    def _finish_failed(self, run_id: str, parent: str, what: str) -> None:
+        """Mark a failed step's runs FAILED if the server can still be reached. The step's own
+        error is the one raised: when the server died, a second error from closing the run
+        would only hide where the first happened."""
+        try:
+            self._finish(run_id, parent, "FAILED")
+        except TrackingError as exc:
+            log.warning("%s: its MLflow run stays RUNNING: %s", what, exc)
+
     def _log_params(self, run_id: str, values: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
@@ -477,7 +486,7 @@ class Tracker:
             if step_name == "validate":
                 result.registered.update(self.record_validation(task, run_id))
         except BaseException:
-            self._finish(run_id, parent, "FAILED")
+            self._finish_failed(run_id, parent, f"{task}/{step_name}")
             raise
         self._finish(run_id, parent, "FINISHED")
         log.info("MLflow: %s/%s recorded as run %s (%s)", task, step_name, run_id, self.safe_uri)
@@ -685,11 +694,9 @@ class Tracker:
             try:  # the release run says why it failed, when the server can still be reached
                 client.set_tag(run_id, TAG_DECISION, "error")
                 client.set_tag(run_id, TAG_REASONS, redact(str(exc))[:_MLFLOW_TAG_MAX])
-                self._finish(run_id, parent, "FAILED")
-            except Exception as unrecorded:
-                log.warning(
-                    "release %s: the failure is not recorded in MLflow: %s", task, _one_line(str(unrecorded))
-                )
+            except Exception:
+                pass  # _finish_failed says so
+            self._finish_failed(run_id, parent, f"release {task}")
             raise
         self._finish(run_id, parent, "FINISHED")
         log.info("release %s: %s (%s)", task, decision.decision, "; ".join(decision.reasons))
