@@ -7,14 +7,14 @@ its host and since when. Different tasks never wait on each other.
 
 The lock is ``flock`` on ``<artifacts_dir>/.locks/<task>.lock``. The kernel releases it when
 the holder's process ends, however it ends, ``kill -9`` included, so a crash cannot leave a
-lock that blocks the task forever. PID files that must be checked for staleness can: a PID
-is reused, and a PID from another container or machine cannot be checked at all. The file also
-records its holder, for the messages. A holder that releases the lock removes the file, so a
-file that is still there when the lock is free was left by a holder that died. The next writer
-takes the lock over and logs the dead holder's name and PID.
+lock that blocks the task forever. A PID file would need a staleness check that cannot be made
+reliable: PIDs are reused, and a PID from another container or machine cannot be checked at
+all. The file does record its holder, for the messages. A holder that releases the lock
+removes the file, so a file that is still there when the lock is free was left by a holder
+that died: the next writer takes the lock over and logs the dead holder's name and PID.
 
-One process may take the same task's lock again while it holds it (the Dagster in-process
-executor runs a run's assets one after another in one process). The lock works wherever
+A process that takes a lock it already holds (a nested call) counts up instead of waiting on
+itself: a second ``flock`` on a new open of the file would refuse it. The lock works wherever
 ``flock`` does: local disks, and volumes shared by containers on one host. On NFS it is
 emulated with byte-range locks.
 """
