@@ -240,7 +240,7 @@ class ServiceCampaign(Campaign):
         for step in (s for s in ("export", "push") if s in self.steps):
             faults += [
                 ServiceFault(step, "s3", "down"),
-                ServiceFault(step, "s3", "killed", nth=rng.randint(1, 3)),  # both upload more than 3 files
+                ServiceFault(step, "s3", "killed", nth=1),  # export may upload only two files
                 ServiceFault(step, "s3", "stalled"),
             ]
         return faults
