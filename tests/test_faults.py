@@ -73,13 +73,20 @@ def test_the_checks_catch_every_kind_of_damage(campaign):
 
 
 def test_a_kill_at_every_step_is_survived(campaign):
-    trials = [campaign.trial(point) for point in campaign.plan(len(STEPS), seed=1)]
+    """One landed kill per step: a drawn delay may outlast its step on a busy machine, so each
+    step takes its draws in turn until one kill lands."""
+    plan = campaign.plan(4 * len(STEPS), seed=1)
+    trials = []
+    for step in STEPS:
+        for point in (p for p in plan if p.step == step):
+            trials.append(campaign.trial(point))
+            if trials[-1].killed:
+                break
     rows = {row["step"]: row for row in summarise(STEPS, trials)}
     problems = [v for t in trials for v in t.violations]
     assert problems == []
     assert all(row["fault"] == "kill" for row in rows.values())
-    assert sum(row["faults"] for row in rows.values()) >= len(STEPS) - 1, rows
-    assert all(row["recovered"] == row["faults"] for row in rows.values())
+    assert all(row["faults"] == 1 and row["recovered"] == 1 for row in rows.values()), rows
 
 
 def test_a_killed_training_resumes_to_the_uninterrupted_weights(campaign):
