@@ -424,6 +424,15 @@ class Tracker:
         self._log_artifact(f"logging {path}", run_id, Path(path), None if parent == "." else parent)
         return relative.as_posix()
 
+    def _artifact_uri(self, run_id: str) -> str:
+        """Where ``run_id`` keeps its artefacts (read once per run)."""
+        if run_id not in self._artifact_uris:
+            client = self._require("tracking")
+            self._artifact_uris[run_id] = self._call(
+                "reading the run", client.get_run, run_id
+            ).info.artifact_uri
+        return self._artifact_uris[run_id]
+
     def _log_artifact(self, what: str, run_id: str, path: Path, artifact_path: str | None) -> None:
         """Log a file, or a directory's files, as artefacts of ``run_id`` under ``artifact_path``.
 
@@ -435,11 +444,7 @@ class Tracker:
         artefact URI is an artefact, whoever put it there.
         """
         client = self._require("tracking")
-        if run_id not in self._artifact_uris:
-            self._artifact_uris[run_id] = self._call(
-                "reading the run", client.get_run, run_id
-            ).info.artifact_uri
-        uri = self._artifact_uris[run_id]
+        uri = self._artifact_uri(run_id)
         storage = self.params.storage
         bucket, _, base = uri.removeprefix("s3://").partition("/")
         if not uri.startswith("s3://") or storage.remote != "s3" or bucket != storage.s3.bucket:
@@ -594,7 +599,6 @@ class Tracker:
                     )
             log.info("MLflow: %s v%s already holds %s (sha256 %s)", name, existing.version, path, digest[:12])
             return Registration(fmt, name, str(existing.version), digest, created=False)
-        run = self._call("reading the run", client.get_run, run_id)
         artefact = logged_as
         if artefact is None:
             artefact = f"registered/{fmt}/{path.name}"
@@ -603,7 +607,7 @@ class Tracker:
             f"registering {name}",
             client.create_model_version,
             name,
-            f"{run.info.artifact_uri}/{artefact}",
+            f"{self._artifact_uri(run_id)}/{artefact}",
             run_id=run_id,
             tags=tags,
             description=f"{path.name} (sha256 {digest[:12]})",
