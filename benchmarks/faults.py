@@ -7,8 +7,8 @@ half-written or promoted unvalidated.
         [--steps ingest train ...] [--point NAME[@N]] [--workdir build/faults/work]
         [--out build/faults.json]
 
-A reference run takes the steps in order (``ingest`` ... ``promote`` as ``visionforge`` commands,
-then ``dvc push`` of the data and artefacts to the local remote), in one directory, with MLflow
+A reference run takes the steps in order (``ingest`` ... ``promote``, then ``push`` of the data and
+artefacts to the local remote, each a ``visionforge`` command), in one directory, with MLflow
 (SQLite store), DVC and git there. Before each step the directory is copied aside; the step runs
 with ``VISIONFORGE_FAILPOINT_TRACE`` set, so the reference learns which kill points
 (:mod:`ops.failpoints`) the step passes and when, and what the step's outputs are.
@@ -198,11 +198,9 @@ class Campaign:
         return TaskLayout.for_task(self.params(), self.task)
 
     def command(self, step: str, rerun: bool = False) -> list[str]:
-        if step == "push":
-            from ops.versioning import dvc_executable
-
-            return [dvc_executable(), "push"]
-        command = [sys.executable, "-m", "ops.cli", step, self.task, "--params", str(self.params_path)]
+        command = [sys.executable, "-m", "ops.cli", step, "--params", str(self.params_path)]
+        if step != "push":  # `visionforge push` is the whole repository's
+            command.insert(4, self.task)
         if step == "train" and rerun and (self.layout().model_dir / "checkpoints" / "last.pt").is_file():
             command.append("--resume")
         return command
@@ -294,7 +292,7 @@ class Campaign:
         """Run every step once, uninterrupted, recording kill points and outputs."""
         self.setup()
         for step in STEPS:
-            if step == "push":  # what `dvc push` uploads: the data and everything the steps wrote
+            if step == "push":  # what `push` uploads: the data and everything the steps wrote
                 from ops.versioning import run_dvc
 
                 run_dvc(["add", "--quiet", "data", "artifacts"], self.run_dir)
@@ -596,8 +594,8 @@ class Campaign:
     @staticmethod
     def full_disk_error(step: str, code: int, output: str) -> list[str]:
         """A step that ran out of space ends with an error line, says which file found no space,
-        and prints no traceback. (``dvc push`` prints one ``ERROR:`` line per file it could not
-        upload, then its summary: that is DVC's own format.)"""
+        and prints no traceback. (``visionforge push`` passes on DVC's output: one ``ERROR:`` line
+        per file it could not upload, then its summary, DVC's own format.)"""
         lines = [line for line in output.splitlines() if line.strip()]
         error = error_line(output)
         if code < 0:

@@ -234,6 +234,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     remote.add_argument("--local", action="store_true", help="write .dvc/config.local (this machine only)")
 
+    for verb, direction in (("push", "to"), ("pull", "from")):
+        transfer = commands.add_parser(
+            verb,
+            parents=[common],
+            help=f"dvc {verb}: the data and artefacts DVC tracks, {direction} the default remote",
+            description=f"`dvc {verb}`, made safe to run again after one that was killed: DVC keeps "
+            "a list of what to transfer that a killed transfer can leave incomplete, and a plain "
+            f"`dvc {verb}` then trusts it, skips the rest and reports success. This drops that list "
+            "first. Run it in the repository (the directory holding .dvc/).",
+        )
+        transfer.add_argument("targets", nargs="*", help="tracked files or .dvc files (default: all)")
+        transfer.add_argument("--remote", "-r", help="a remote other than the default")
+
     doctor = commands.add_parser(
         "doctor",
         parents=[common],
@@ -344,6 +357,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "pipeline": str(path),
             "steps": {task: [step.name for step in pipeline_steps(params, task)] for task in tasks},
         }
+    if args.command in ("push", "pull"):
+        from ops import versioning
+
+        transfer = getattr(versioning, args.command)
+        return {args.command: transfer(".", *args.targets, remote=args.remote)}
     if args.command == "remote":
         from ops.storage import dvc_remote
         from ops.versioning import configure_remote

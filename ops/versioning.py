@@ -61,6 +61,20 @@ def dvc_executable() -> str:
     return found
 
 
+def dvc_python() -> str:
+    """The interpreter DVC runs in: the one its ``dvc`` script names (``.venv-dvc/bin/python``)."""
+    script = Path(dvc_executable()).resolve()
+    with script.open("rb") as handle:
+        first = handle.readline(4096).decode(errors="replace")
+    interpreter = first.removeprefix("#!").strip().split(" ")[0] if first.startswith("#!") else ""
+    if not interpreter or not Path(interpreter).is_file():
+        raise VersioningError(
+            f"cannot tell which Python DVC runs in: {script} does not start with a #! line naming "
+            "an interpreter (install DVC with pip, as `make setup` does)"
+        )
+    return interpreter
+
+
 def dvc_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment DVC runs in: ours, with analytics off (no network calls at exit), and the
     directory of this interpreter first on ``PATH`` so stage commands find ``visionforge``."""
@@ -74,9 +88,17 @@ def run_dvc(
     repo: Path | str = ".",
     env: dict[str, str] | None = None,
     timeout: float = DVC_TIMEOUT_S,
+    fresh_transfer_index: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``dvc <args>`` in ``repo``; failing, raise :class:`VersioningError` with its redacted output."""
-    command = [dvc_executable(), *args]
+    """Run ``dvc <args>`` in ``repo``; failing, raise :class:`VersioningError` with its redacted output.
+
+    ``fresh_transfer_index`` (push, pull, fetch): drop DVC's cached list of what to transfer first,
+    which a killed transfer can leave incomplete (:mod:`ops.dvc_transfer` says how).
+    """
+    if fresh_transfer_index:
+        command = [dvc_python(), str(Path(__file__).with_name("dvc_transfer.py")), *args]
+    else:
+        command = [dvc_executable(), *args]
     try:
         done = subprocess.run(
             command,
@@ -206,16 +228,27 @@ def changed_stages(repo: Path | str, env: dict[str, str] | None = None) -> list[
     return [name.split(":")[-1] for name in status]
 
 
+def _transfer(
+    verb: str, repo: Path | str, targets: Sequence[str], remote: str | None, env: dict[str, str] | None
+) -> str:
+    """``dvc push`` or ``dvc pull``, safe to run again after one that was killed (see
+    :mod:`ops.dvc_transfer`); return DVC's summary line (``3 files pushed``, ``Everything is up to
+    date.``)."""
+    args = [verb, *(["--remote", remote] if remote else []), *targets]
+    done = run_dvc(args, repo, env=env, fresh_transfer_index=True)
+    return (done.stdout.strip().splitlines() or [""])[-1]
+
+
 def push(
     repo: Path | str, *targets: str, remote: str | None = None, env: dict[str, str] | None = None
-) -> None:
-    run_dvc(["push", *(["--remote", remote] if remote else []), *targets], repo, env=env)
+) -> str:
+    return _transfer("push", repo, targets, remote, env)
 
 
 def pull(
     repo: Path | str, *targets: str, remote: str | None = None, env: dict[str, str] | None = None
-) -> None:
-    run_dvc(["pull", *(["--remote", remote] if remote else []), *targets], repo, env=env)
+) -> str:
+    return _transfer("pull", repo, targets, remote, env)
 
 
 # --- data version ----------------------------------------------------------------------------

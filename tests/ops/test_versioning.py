@@ -79,6 +79,62 @@ def test_a_dvc_failure_is_one_error_with_dvcs_message(tmp_path):
         run_dvc(["status"], tmp_path)  # not a DVC repository
 
 
+# DVC's own `dvc`, SIGKILLed as it starts collecting its second output's objects: the first
+# output's list is committed to DVC's cache, the second's not (where a killed push left it).
+_KILL_AT_THE_SECOND_OUTPUT = """
+import os, signal, sys
+import dvc_data.index.collect as collect
+from dvc.cli import main
+original, outputs = collect._collect_from_index, []
+def collect_or_die(*args, **kwargs):
+    outputs.append(args[3])
+    if len(outputs) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(*args, **kwargs)
+collect._collect_from_index = collect_or_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _objects(remote: Path) -> set[str]:
+    """The remote's objects (DVC's hidden upload leftovers are none)."""
+    files = (p for p in remote.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return {p.relative_to(remote).as_posix() for p in files}
+
+
+def test_a_push_after_a_killed_push_uploads_everything_where_dvc_push_skips(tmp_path):
+    from ops.versioning import dvc_python
+
+    root, remote = tmp_path / "repo", tmp_path / "remote"
+    root.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    run_dvc(["init", "--quiet"], root)
+    run_dvc(["remote", "add", "--default", "local", str(remote)], root)
+    for name in ("first", "second"):
+        _dataset(root / name)
+        (root / name / f"{name}.txt").write_text(name)
+    run_dvc(["add", "--quiet", "first", "second"], root)
+    run_dvc(["push"], root)
+    complete = _objects(remote)
+    assert len(complete) == 3 + 2 * 2  # the three files both hold, each one's own file and listing
+
+    def killed_push() -> None:
+        shutil.rmtree(remote)
+        killed = subprocess.run(
+            [dvc_python(), "-c", _KILL_AT_THE_SECOND_OUTPUT, "push"], cwd=root, capture_output=True
+        )
+        assert killed.returncode == -9, killed.stderr
+
+    killed_push()
+    run_dvc(["push"], root)  # DVC's own push trusts the half-collected list, and says it succeeded
+    assert complete - _objects(remote), "DVC now finishes a killed push: ops.dvc_transfer is not needed"
+
+    killed_push()
+    assert push(root).endswith("files pushed")
+    assert _objects(remote) == complete
+    assert push(root) == "Everything is up to date."
+
+
 # --- a real `dvc repro` -------------------------------------------------------------------------
 
 
