@@ -94,6 +94,11 @@ def test_the_whole_chain_from_ingest_to_benchmark(tiny_params_file: Path):
     assert all(row["runs"] == 3 and row["latency_p50_ms"] > 0 for row in report["rows"])
     assert "tensorrt" in report["absent"]
     assert "onnx-int8" in bench.stdout
+    assert report["roofline"]["threads"] == report["threads"] and report["roofline"]["int8_gop_per_s"] > 0
+    int8 = next(row for row in report["rows"] if row["backend"] == "onnx-int8")
+    share = int8["gflop_per_s"] / report["roofline"]["int8_gop_per_s"]
+    assert int8["gemm_fraction"] == pytest.approx(share, abs=1e-3)
+    assert bench.stdout.splitlines()[1].startswith("roofline (")  # under the title, above the table
 
     prune = run_cli(
         "prune",

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ops.deploy.roofline import Roofline, cpu_precision
 from ops.deploy.runtime import Predictor
 from ops.io import save_figure
 
@@ -51,13 +52,22 @@ class BackendRow:
     def fps(self) -> float:
         return 1000.0 * self.batch_size / self.p50
 
-    def to_dict(self, reference: BackendRow | None) -> dict[str, Any]:
+    @property
+    def gflop_per_s(self) -> float | None:
+        return self.gflops * self.fps if self.gflops else None
+
+    def to_dict(self, reference: BackendRow | None, roofline: Roofline | None = None) -> dict[str, Any]:
+        """The row's figures; with ``roofline``, its GFLOP/s as a share of the GEMM rate of the
+        precision it computes in (``gemm_fraction``)."""
         row: dict[str, Any] = {
             "backend": self.backend,
             "latency_p50_ms": round(self.p50, 2),
             "latency_p95_ms": round(self.p95, 2),
             "fps": round(self.fps, 2),
-            "gflop_per_s": round(self.gflops * self.fps, 1) if self.gflops else None,
+            "gflop_per_s": round(self.gflop_per_s, 1) if self.gflop_per_s else None,
+            "gemm_fraction": (
+                roofline.fraction(cpu_precision(self.backend), self.gflop_per_s) if roofline else None
+            ),
             "speedup_vs_pytorch": round(reference.p50 / self.p50, 2) if reference else None,
             "size_mb": round(self.size_bytes / 1e6, 3) if self.size_bytes else None,
             "map50": self.map50,
@@ -102,6 +112,7 @@ DETECTION_COLUMNS = (
     ("p95 ms", "latency_p95_ms", "{:.1f}"),
     ("FPS", "fps", "{:.1f}"),
     ("GFLOP/s", "gflop_per_s", "{:.0f}"),
+    ("of GEMM", "gemm_fraction", "{:.0%}"),
     ("x PyTorch", "speedup_vs_pytorch", "{:.2f}"),
     ("mAP@0.5", "map50", "{:.4f}"),
     ("delta", "map50_delta_vs_pytorch", "{:+.4f}"),

@@ -28,6 +28,7 @@ from ops.deploy.export import (
     parity,
 )
 from ops.deploy.optimize import QuantizeSettings, quantize_int8
+from ops.deploy.roofline import measure_roofline
 from ops.deploy.runtime import OnnxRuntimePredictor, Predictor, TorchPredictor
 from ops.detection.coco import load_coco_split, write_dataset_report
 from ops.detection.data import (
@@ -467,6 +468,7 @@ def benchmark(params: Params, full_size: bool = False) -> dict[str, Any]:
         predictors, absent = _benchmark_predictors(model, onnx_path, int8_path, params, engines)
         batch = _validation_batches(params, cfg.batch_size, cfg.batch_size, model_cfg)[0]
         log.info("benchmarking %s at batch %d, %d threads", ", ".join(predictors), len(batch), cfg.threads)
+        roofline = measure_roofline(cfg.threads)
         timings = measure_interleaved(predictors, batch, cfg.warmup, cfg.runs)
         sizes = {"onnx": onnx_path.stat().st_size, "onnx-int8": int8_path.stat().st_size}
     weights_bytes = None if full_size else layout.weights.stat().st_size
@@ -485,12 +487,12 @@ def benchmark(params: Params, full_size: bool = False) -> dict[str, Any]:
                 row.note = "" if scored == backend else "accuracy of the pytorch weights"
         rows.append(row)
     reference = rows[0]
-    table_rows = [row.to_dict(reference) for row in rows]
+    table_rows = [row.to_dict(reference, roofline) for row in rows]
     title = (
         f"{'seed architecture 512x512, width 1.0 (untrained)' if full_size else 'trained model'}: "
         f"batch {len(batch)}, {cfg.threads} threads, {cfg.runs} interleaved runs"
     )
-    table = format_table(table_rows)
+    table = f"{roofline.describe()}\n\n{format_table(table_rows)}"
     report = {
         "title": title,
         "full_size": full_size,
@@ -501,6 +503,7 @@ def benchmark(params: Params, full_size: bool = False) -> dict[str, Any]:
         "runs": cfg.runs,
         "warmup": cfg.warmup,
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
+        "roofline": roofline.to_dict(),
         "rows": table_rows,
         "absent": absent,
         "table": table,

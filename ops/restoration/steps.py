@@ -30,6 +30,7 @@ from ops.deploy.export import (
     parity,
 )
 from ops.deploy.optimize import CALIBRATION_BATCH_SIZE, QuantizeSettings, quantize_int8
+from ops.deploy.roofline import measure_roofline
 from ops.deploy.runtime import RESTORER, OnnxRuntimePredictor, Predictor, TorchPredictor
 from ops.gates import Gate, all_passed, drop_gate, minimum_gate, skipped_gate
 from ops.io import sha256_file, write_json
@@ -461,6 +462,7 @@ class RestorationSteps:
             )
             rows: list[dict[str, Any]] = []
             rng = np.random.default_rng(0)
+            roofline = measure_roofline(bench.threads)
             for height, width in bench.sizes:
                 batch = rng.random((1, 3, height, width), dtype=np.float32)
                 gmacs = restorer_macs(model, height, width) / 1e9
@@ -474,7 +476,7 @@ class RestorationSteps:
                 timings = measure_interleaved(predictors, batch, bench.warmup, bench.runs)
                 size_rows = [BackendRow(b, t, batch_size=1, gflops=2 * gmacs) for b, t in timings.items()]
                 for row in size_rows:
-                    entry = row.to_dict(size_rows[0])
+                    entry = row.to_dict(size_rows[0], roofline)
                     entry["size"] = f"{height}x{width}"
                     entry["ms_per_megapixel"] = round(row.p50 / (height * width / 1e6), 2)
                     scored = row.backend if row.backend in quality else "pytorch"
@@ -492,12 +494,13 @@ class RestorationSteps:
             ("p95 ms", "latency_p95_ms", "{:.1f}"),
             ("ms/MP", "ms_per_megapixel", "{:.1f}"),
             ("GFLOP/s", "gflop_per_s", "{:.0f}"),
+            ("of GEMM", "gemm_fraction", "{:.0%}"),
             ("x PyTorch", "speedup_vs_pytorch", "{:.2f}"),
             ("PSNR", "psnr", "{:.2f}"),
             ("delta dB", "psnr_delta_vs_pytorch", "{:+.3f}"),
         )
         title = f"{name}: batch 1, {bench.threads} threads, {bench.runs} interleaved runs per size"
-        table = format_table(rows, columns)
+        table = f"{roofline.describe()}\n\n{format_table(rows, columns)}"
         largest = [r for r in rows if r["size"] == f"{bench.sizes[-1][0]}x{bench.sizes[-1][1]}"]
         report = {
             "title": title,
@@ -507,6 +510,7 @@ class RestorationSteps:
             "warmup": bench.warmup,
             "sizes": [list(s) for s in bench.sizes],
             "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
+            "roofline": roofline.to_dict(),
             "rows": rows,
             "absent": {"tensorrt": "restorer engines are not built yet (dynamic-size sidecar)"},
             "table": table,

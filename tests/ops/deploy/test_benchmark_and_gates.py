@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ops.deploy.benchmark import BackendRow, format_table, measure_interleaved, plot_benchmark
+from ops.deploy.roofline import Roofline, measure_roofline
 from ops.gates import all_passed, cosine_gate, map_drop_gate, skipped_gate
 
 
@@ -35,6 +36,25 @@ def test_rows_report_percentiles_speedup_and_accuracy_delta(tmp_path):
     assert "onnx-int8" in table and "4.00" in table and "-0.0050" in table
     plot = plot_benchmark([reference.to_dict(reference), row], "test", tmp_path / "chart.png")
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_roofline_is_onnx_runtimes_gemm_rate_and_each_row_a_share_of_its_precisions():
+    measured = measure_roofline(threads=1, runs=3, warmup=1, size=128)
+    assert measured.threads == 1 and measured.fp32_gflop_per_s > 0 and measured.int8_gop_per_s > 0
+    assert "FP32 MatMul" in measured.describe() and "INT8 MatMulInteger" in measured.describe()
+
+    roofline = Roofline(threads=2, size=1024, fp32_gflop_per_s=400.0, int8_gop_per_s=1600.0)
+    reference = BackendRow("pytorch", [10.0] * 10, gflops=2.0)  # 200 GFLOP/s
+    rows = {
+        backend: BackendRow(backend, [4.0] * 10, gflops=2.0).to_dict(reference, roofline)  # 500 GFLOP/s
+        for backend in ("onnx", "onnx-int8", "onnx-cuda", "trt-int8")
+    }
+    assert reference.to_dict(reference, roofline)["gemm_fraction"] == 0.5
+    assert rows["onnx"]["gemm_fraction"] == 1.25  # above the roofline shows as such, not capped
+    assert rows["onnx-int8"]["gemm_fraction"] == 0.312
+    assert rows["onnx-cuda"]["gemm_fraction"] is None and rows["trt-int8"]["gemm_fraction"] is None
+    assert reference.to_dict(reference)["gemm_fraction"] is None  # no roofline measured
+    assert "31%" in format_table(list(rows.values()))
 
 
 def test_map_drop_gate_is_strictly_below_its_threshold():
