@@ -273,6 +273,10 @@ class QuantizeSettings:
     keep_input_layers: bool = False
     # ONNX operator types to quantise; None: every type ONNX Runtime's quantiser supports.
     op_types: tuple[str, ...] | None = None
+    # Activations' zero point fixed at the middle of uint8 instead of fitted to their range.
+    activation_symmetric: bool = False
+    # Transposed convolutions rewritten as Conv + DepthToSpace (see rewrite_transposed_convolutions).
+    subpixel_decoder: bool = True
 
 
 def quantize_int8(
@@ -303,7 +307,7 @@ def quantize_int8(
         # Shape inference and graph clean-up first, as ONNX Runtime recommends for quantisation.
         quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
         graph = onnx.load(str(prepared))
-        subpixel = rewrite_transposed_convolutions(graph)
+        subpixel = rewrite_transposed_convolutions(graph) if cfg.subpixel_decoder else []
         onnx.save_model(graph, str(prepared))
         excluded = list(cfg.exclude_nodes)
         if cfg.keep_output_layers:
@@ -329,7 +333,7 @@ def quantize_int8(
             nodes_to_exclude=excluded,
             op_types_to_quantize=list(cfg.op_types) if cfg.op_types else None,
             calibrate_method=method,
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            extra_options={"ActivationSymmetric": cfg.activation_symmetric, "WeightSymmetric": True},
         )
         model = onnx.load(str(quantized))
         del model.metadata_props[:]

@@ -1,0 +1,177 @@
+"""Where the detector's INT8 model spends its time, and which quantisation choices make it faster.
+
+Exports the detector (the seed's 512x512 width-1.0 architecture with ``--full-size``, else the
+demo's configuration from params.yaml; weights are seeded and untrained, latency does not
+depend on them), quantises it once per variant, then in one run:
+
+- times ONNX Runtime FP32 and every INT8 variant interleaved, at the benchmark's threads, beside
+  the machine's GEMM rates (``ops.deploy.roofline``), so each line shows GOP/s, its share of the
+  INT8 GEMM rate and its speed-up over FP32;
+- profiles each with ONNX Runtime's profiler and prints the share of time per operator type
+  (the executed graph, after ONNX Runtime's fusions).
+
+    python -m benchmarks.int8_profile --full-size --threads 2
+    python -m benchmarks.int8_profile --batch 4 --variants int8 int8-per-tensor
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ops.config import load_params
+from ops.deploy.benchmark import measure_interleaved
+from ops.deploy.export import export_onnx
+from ops.deploy.optimize import QuantizeSettings, quantize_int8
+from ops.deploy.roofline import measure_roofline
+from ops.deploy.runtime import INPUT_NAME, ort_session_options
+from ops.detection.data import detector_metadata
+from ops.detection.model import estimate_gflops
+from ops.detection.training import build_detector
+
+BASE = QuantizeSettings(calibration_method="minmax", per_channel=True, keep_output_layers=True)
+# name: (quantisation, ONNX Runtime graph optimisation level)
+VARIANTS: dict[str, tuple[QuantizeSettings, str]] = {
+    "int8": (BASE, "all"),
+    "int8-per-tensor": (dataclasses.replace(BASE, per_channel=False), "all"),
+    "int8-symmetric-activations": (dataclasses.replace(BASE, activation_symmetric=True), "all"),
+    "int8-all-layers": (dataclasses.replace(BASE, keep_output_layers=False), "all"),
+    "int8-transposed-decoder": (dataclasses.replace(BASE, subpixel_decoder=False), "all"),
+    "int8-extended-opt": (BASE, "extended"),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--full-size", action="store_true", help="the seed's 512x512 width-1.0 detector")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=30, help="interleaved timed runs per model")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
+    return parser.parse_args(argv)
+
+
+def model_config(params: Any, full_size: bool) -> Any:
+    if not full_size:
+        return params.traffic.model
+    return params.traffic.model.model_copy(
+        update={
+            "input_size": 512,
+            "width_mult": 1.0,
+            "head_width": 64,
+            "upsample": (True, True, True),
+            "decoder_skips": False,
+        }
+    )
+
+
+def session(path: Path, threads: int, level: str, profile_prefix: str | None = None) -> Any:
+    import onnxruntime as ort
+
+    options = ort_session_options(threads)
+    options.graph_optimization_level = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    }[level]
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def operator_shares(path: Path, level: str, batch: np.ndarray, threads: int, runs: int, tmp: Path) -> dict:
+    """Share of kernel time per operator type over ``runs`` profiled calls."""
+    profiled = session(path, threads, level, str(tmp / f"profile-{path.stem}-{level}"))
+    for _ in range(runs):
+        profiled.run(None, {INPUT_NAME: batch})
+    events = json.loads(Path(profiled.end_profiling()).read_text())
+    per_op: collections.Counter[str] = collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            per_op[event["args"]["op_name"]] += event["dur"]
+    total = sum(per_op.values()) or 1
+    return {op: round(us / total, 3) for op, us in per_op.most_common()}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    import torch
+
+    args = parse_args(argv)
+    params = load_params(args.params)
+    cfg = model_config(params, args.full_size)
+    torch.manual_seed(0)
+    model = build_detector(cfg, 1).eval()
+    gflops = estimate_gflops(model, cfg.input_size)
+    rng = np.random.default_rng(0)
+    size = cfg.input_size
+
+    def images(count: int) -> np.ndarray:  # normalised as the detector's input
+        return ((rng.random((count, 3, size, size), dtype=np.float32) - 0.45) / 0.225).astype(np.float32)
+
+    batch, calibration = images(args.batch), [images(8) for _ in range(2)]
+    with tempfile.TemporaryDirectory(prefix="int8-profile-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        fp32 = tmp / "model.onnx"
+        export_onnx(model, detector_metadata(model, cfg.mean, cfg.std, size, ["car"]), fp32, opset=17)
+        models: dict[str, tuple[Path, str]] = {"onnx": (fp32, "all")}
+        for name in args.variants:
+            settings, level = VARIANTS[name]
+            path = tmp / f"{name}.onnx"
+            if not any(VARIANTS[done][0] == settings for done in models if done in VARIANTS):
+                quantize_int8(fp32, path, calibration, settings)
+            else:  # the same file under another session setting
+                path = next(tmp / f"{d}.onnx" for d in models if d in VARIANTS and VARIANTS[d][0] == settings)
+            models[name] = (path, level)
+        sessions = {name: session(path, args.threads, level) for name, (path, level) in models.items()}
+        calls: dict[str, Callable[[np.ndarray], Any]] = {
+            name: (lambda b, s=s: s.run(None, {INPUT_NAME: b})) for name, s in sessions.items()
+        }
+        roofline = measure_roofline(args.threads)
+        timings = measure_interleaved(calls, batch, args.warmup, args.runs)
+        shares = {
+            name: operator_shares(path, level, batch, args.threads, 5, tmp)
+            for name, (path, level) in models.items()
+        }
+    fp32_p50 = float(np.percentile(timings["onnx"], 50))
+    rows = []
+    for name, latencies in timings.items():
+        p50 = float(np.percentile(latencies, 50))
+        rate = gflops * args.batch / (p50 / 1e3)
+        precision = "fp32" if name == "onnx" else "int8"
+        rows.append(
+            {
+                "model": name,
+                "p50_ms": round(p50, 2),
+                "gop_per_s": round(rate, 1),
+                "gemm_fraction": roofline.fraction(precision, rate),
+                "speedup_vs_fp32": round(fp32_p50 / p50, 2),
+                "top_ops": dict(list(shares[name].items())[:6]),
+            }
+        )
+    print(roofline.describe())
+    print(f"detector {size}x{size} width {cfg.width_mult}, {gflops:.2f} GFLOP per image, batch {args.batch}")
+    for row in rows:
+        ops_text = ", ".join(f"{op} {share:.0%}" for op, share in row["top_ops"].items())
+        print(
+            f"{row['model']:28s} {row['p50_ms']:8.2f} ms {row['gop_per_s']:7.0f} GOP/s "
+            f"{row['gemm_fraction']:5.0%} of GEMM  x{row['speedup_vs_fp32']:.2f} FP32   {ops_text}"
+        )
+    report = {"roofline": roofline.to_dict(), "gflops": gflops, "batch": args.batch, "rows": rows}
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
