@@ -71,6 +71,15 @@ def stop_group(
     except ProcessLookupError:
         pass
     process.wait(timeout=10)
+    # A SIGKILL is delivered, not done: members other than the leader may still be exiting (and
+    # being reaped by init) when the leader has been waited for.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
 
 
 def start_nanio(
