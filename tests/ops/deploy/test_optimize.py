@@ -106,6 +106,24 @@ def test_quantising_the_outputs_too_leaves_no_float_convolution(fp32_model, trai
     assert report.excluded_nodes == []
 
 
+def test_the_transposed_decoder_and_symmetric_activations_are_choices(fp32_model, train_batches, tmp_path):
+    import dataclasses
+
+    from onnx import numpy_helper
+
+    kept = dataclasses.replace(_cfg(), subpixel_decoder=False, activation_symmetric=True)
+    report = quantize_int8(fp32_model, tmp_path / "kept.onnx", train_batches, kept)
+    assert report.subpixel_nodes == [] and report.executed_ops["ConvTranspose"] == 3  # float, no int8 kernel
+    graph = onnx.load(str(report.path)).graph
+    initialisers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    activation_zero_points = {
+        int(initialisers[node.input[2]])
+        for node in graph.node
+        if node.op_type == "QuantizeLinear" and initialisers[node.input[2]].dtype == np.uint8
+    }
+    assert activation_zero_points == {128}  # uint8 activations centred, not fitted to their range
+
+
 def test_calibration_data_of_the_wrong_shape_is_refused_before_anything_is_written(fp32_model, tmp_path):
     out = tmp_path / "q.onnx"
     wrong = [np.zeros((2, 3, SIZE, SIZE), np.float32), np.zeros((2, 3, 64, 64), np.float32)]
