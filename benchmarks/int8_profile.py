@@ -44,6 +44,7 @@ VARIANTS: dict[str, tuple[QuantizeSettings, str]] = {
     "int8-per-tensor": (dataclasses.replace(BASE, per_channel=False), "all"),
     "int8-symmetric-activations": (dataclasses.replace(BASE, activation_symmetric=True), "all"),
     "int8-all-layers": (dataclasses.replace(BASE, keep_output_layers=False), "all"),
+    "int8-float-stem": (dataclasses.replace(BASE, keep_input_layers=True), "all"),
     "int8-transposed-decoder": (dataclasses.replace(BASE, subpixel_decoder=False), "all"),
     "int8-extended-opt": (BASE, "extended"),
 }
@@ -58,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=30, help="interleaved timed runs per model")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--nodes-of", nargs="+", metavar="MODEL", help="print these models' slowest nodes")
+    parser.add_argument("--nodes", type=int, default=15, help="how many nodes --nodes-of prints")
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
     return parser.parse_args(argv)
 
@@ -90,18 +93,27 @@ def session(path: Path, threads: int, level: str, profile_prefix: str | None = N
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def operator_shares(path: Path, level: str, batch: np.ndarray, threads: int, runs: int, tmp: Path) -> dict:
-    """Share of kernel time per operator type over ``runs`` profiled calls."""
+def profile_shares(
+    path: Path, level: str, batch: np.ndarray, threads: int, runs: int, tmp: Path
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Share of kernel time per operator type, and per node (``op node``), over ``runs`` profiled
+    calls."""
     profiled = session(path, threads, level, str(tmp / f"profile-{path.stem}-{level}"))
     for _ in range(runs):
         profiled.run(None, {INPUT_NAME: batch})
     events = json.loads(Path(profiled.end_profiling()).read_text())
     per_op: collections.Counter[str] = collections.Counter()
+    per_node: collections.Counter[str] = collections.Counter()
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            per_op[event["args"]["op_name"]] += event["dur"]
+            op, node = event["args"]["op_name"], event["name"].removesuffix("_kernel_time")
+            per_op[op] += event["dur"]
+            per_node[f"{op} {node}"] += event["dur"]
     total = sum(per_op.values()) or 1
-    return {op: round(us / total, 3) for op, us in per_op.most_common()}
+    return (
+        {op: round(us / total, 3) for op, us in per_op.most_common()},
+        {node: round(us / total, 3) for node, us in per_node.most_common()},
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -139,10 +151,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         roofline = measure_roofline(args.threads)
         timings = measure_interleaved(calls, batch, args.warmup, args.runs)
-        shares = {
-            name: operator_shares(path, level, batch, args.threads, 5, tmp)
+        profiles = {
+            name: profile_shares(path, level, batch, args.threads, 5, tmp)
             for name, (path, level) in models.items()
         }
+    shares = {name: by_op for name, (by_op, _) in profiles.items()}
     fp32_p50 = float(np.percentile(timings["onnx"], 50))
     rows = []
     for name, latencies in timings.items():
@@ -167,6 +180,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{row['model']:28s} {row['p50_ms']:8.2f} ms {row['gop_per_s']:7.0f} GOP/s "
             f"{row['gemm_fraction']:5.0%} of GEMM  x{row['speedup_vs_fp32']:.2f} FP32   {ops_text}"
         )
+    for name in args.nodes_of or []:
+        print(f"\n{name}: the {args.nodes} nodes that take longest")
+        for node, share in list(profiles[name][1].items())[: args.nodes]:
+            print(f"  {share:6.1%}  {node}")
     report = {"roofline": roofline.to_dict(), "gflops": gflops, "batch": args.batch, "rows": rows}
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
