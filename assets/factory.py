@@ -466,6 +466,8 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
                 "reasons": MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons)),
                 "versions": md_table(["format", "candidate", "champion before", "champion after"], rows),
                 "mlflow_release_run": MetadataValue.text(str(decision.run_id)),
+                # per deployment size, the faster CPU file (the reasons carry the figures)
+                "cpu_serving": MetadataValue.json(decision.cpu_serving),
                 "record": MetadataValue.json(record),
             }
         )

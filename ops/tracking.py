@@ -77,6 +77,7 @@ TAG_VALIDATION_RUN = "validation.run_id"
 TAG_DECISION = "release.decision"
 TAG_REASONS = "release.reasons"
 TAG_RELEASE_RUN = "release.run_id"
+TAG_CPU_SERVING = "serving.cpu"  # + ".<height>x<width>": the format a CPU deployment of that size runs
 
 _MLFLOW_TAG_MAX = 5000  # MLflow's limit on a model version tag value
 _BATCH = 100  # params per log_batch call (MLflow's limit; metrics allow 1000)
@@ -179,6 +180,8 @@ class PromotionDecision:
     champions_before: dict[str, str | None]
     champions_after: dict[str, str | None]
     run_id: str | None = None
+    # deployment size -> the faster CPU format there (from the benchmark of these very files)
+    cpu_serving: dict[str, str] = field(default_factory=dict)
 
     @property
     def promoted(self) -> bool:
@@ -763,6 +766,10 @@ class Tracker:
                         f"{fmt}: {metric} {ours:.4f} vs champion v{champion.version}'s {theirs:.4f} "
                         f"(tolerance {tolerance})"
                     )
+        serving: dict[str, str] = {}
+        if not blocked:
+            serving, serving_reasons = self._cpu_serving(task, versions)
+            reasons += serving_reasons
         if blocked:
             outcome = "blocked"
         elif worse:
@@ -808,6 +815,7 @@ class Tracker:
             champions_before={fmt: (str(c.version) if c else None) for fmt, c in champions.items()},
             champions_after=after,
             run_id=run_id,
+            cpu_serving=serving,
         )
         # phase 4: record
         text = "; ".join(reasons)[:_MLFLOW_TAG_MAX]
@@ -823,12 +831,39 @@ class Tracker:
                 )
         self._call("tagging the release run", client.set_tag, run_id, TAG_DECISION, outcome)
         self._call("tagging the release run", client.set_tag, run_id, TAG_REASONS, text)
+        for size, fmt in serving.items():
+            self._call("tagging the release run", client.set_tag, run_id, f"{TAG_CPU_SERVING}.{size}", fmt)
         self._log_params(run_id, {"metric": metric, "tolerance": tolerance})
         with tempfile.TemporaryDirectory(prefix="release-") as tmp:
             path = Path(tmp) / "decision.json"
             path.write_text(json.dumps(decision.to_dict(), indent=2))
             self._log_artifact("logging the decision", run_id, path, None)
         return decision
+
+    def _cpu_serving(
+        self, task: str, versions: Mapping[str, ModelVersion]
+    ) -> tuple[dict[str, str], list[str]]:
+        """The faster CPU format per benchmarked size (``visionforge benchmark``'s ``cpu_serving``),
+        when the benchmark measured exactly the files being released; the reasons either way."""
+        report_path = TaskLayout.for_task(self.params, task).benchmark_dir / "trained" / "benchmark.json"
+        rerun = f"run `visionforge benchmark {task}`"
+        if not report_path.is_file():
+            return {}, [f"no CPU serving format chosen: these artefacts were never benchmarked ({rerun})"]
+        try:
+            choices = json.loads(report_path.read_text()).get("cpu_serving", [])
+            stale = sorted(
+                fmt
+                for choice in choices
+                for fmt, digest in choice["sha256"].items()
+                if fmt not in versions or versions[fmt].tags.get(TAG_SHA256) != digest
+            )
+        except (ValueError, KeyError, AttributeError, TypeError) as exc:
+            return {}, [f"no CPU serving format chosen: {report_path} is unreadable ({exc}; {rerun})"]
+        if not choices or stale:
+            what = f"of other {', '.join(sorted(set(stale)))} files" if stale else "without a CPU choice"
+            return {}, [f"no CPU serving format chosen: the last benchmark was {what} ({rerun})"]
+        serving = {choice["size"]: choice["format"] for choice in choices}
+        return serving, [f"CPU serving at {c['size']}: {c['format']}, {c['reason']}" for c in choices]
 
     def _restore_aliases(
         self,

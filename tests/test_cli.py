@@ -99,6 +99,10 @@ def test_the_whole_chain_from_ingest_to_benchmark(tiny_params_file: Path):
     share = int8["gflop_per_s"] / report["roofline"]["int8_gop_per_s"]
     assert int8["gemm_fraction"] == pytest.approx(share, abs=1e-3)
     assert bench.stdout.splitlines()[1].startswith("roofline (")  # under the title, above the table
+    (serving,) = report["cpu_serving"]
+    p50 = {row["backend"]: row["latency_p50_ms"] for row in report["rows"]}
+    assert serving["format"] == min(("onnx", "onnx-int8"), key=p50.__getitem__)
+    assert serving["size"] == f"{report['input_size']}x{report['input_size']}"
 
     prune = run_cli(
         "prune",

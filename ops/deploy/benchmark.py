@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ops.deploy.roofline import Roofline, cpu_precision
 from ops.deploy.runtime import Predictor
-from ops.io import save_figure
+from ops.io import save_figure, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,37 @@ def measure_interleaved(
             predictors[name](batch)
             timings[name].append((time.perf_counter() - start) * 1000.0)
     return timings
+
+
+# The files a CPU deployment serves; the release names the faster of them at each benchmarked size.
+CPU_SERVING_FORMATS = ("onnx", "onnx-int8")
+
+
+def cpu_serving_choice(
+    rows: Sequence[Mapping[str, Any]], size: str, batch_size: int, threads: int, files: Mapping[str, Path]
+) -> dict[str, Any] | None:
+    """The faster CPU serving format among one size's benchmark ``rows``, with the figures that
+    decided and the sha256 of each file measured (so a release can tell they are its own).
+
+    Why a choice at all: INT8 is not faster everywhere. On a small model the integer kernels'
+    share of the time is small and quantising, layout and pixel-shuffle work is not, so FP32
+    can win at the size a user deploys (measured on the demo detector, see the README)."""
+    measured = {row["backend"]: row for row in rows if row["backend"] in CPU_SERVING_FORMATS}
+    if not measured:
+        return None
+    ranked = sorted(measured.values(), key=lambda row: row["latency_p50_ms"])
+    fastest = ranked[0]
+    versus = "".join(f" vs {row['backend']} {row['latency_p50_ms']:.2f} ms" for row in ranked[1:])
+    return {
+        "size": size,
+        "batch_size": batch_size,
+        "threads": threads,
+        "format": fastest["backend"],
+        "latency_p50_ms": {row["backend"]: row["latency_p50_ms"] for row in ranked},
+        "sha256": {backend: sha256_file(files[backend]) for backend in measured},
+        "reason": f"{fastest['backend']} {fastest['latency_p50_ms']:.2f} ms{versus} (p50 at {size}, "
+        f"batch {batch_size}, {threads} threads)",
+    }
 
 
 # (title, row key, format) of the detector's table; a task may pass its own columns.

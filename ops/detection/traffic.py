@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 
 from ops.config import ModelConfig, Params, QuantizeConfig
-from ops.deploy.benchmark import BackendRow, format_table, measure_interleaved, plot_benchmark
+from ops.deploy.benchmark import (
+    BackendRow,
+    cpu_serving_choice,
+    format_table,
+    measure_interleaved,
+    plot_benchmark,
+)
 from ops.deploy.export import (
     ProgramPredictor,
     export_onnx,
@@ -493,6 +499,9 @@ def benchmark(params: Params, full_size: bool = False) -> dict[str, Any]:
         f"batch {len(batch)}, {cfg.threads} threads, {cfg.runs} interleaved runs"
     )
     table = f"{roofline.describe()}\n\n{format_table(table_rows)}"
+    size = f"{model_cfg.input_size}x{model_cfg.input_size}"
+    files = {"onnx": onnx_path, "onnx-int8": int8_path}  # the trained model's: full-size ones are gone
+    serving = None if full_size else cpu_serving_choice(table_rows, size, len(batch), cfg.threads, files)
     report = {
         "title": title,
         "full_size": full_size,
@@ -505,6 +514,7 @@ def benchmark(params: Params, full_size: bool = False) -> dict[str, Any]:
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
         "roofline": roofline.to_dict(),
         "rows": table_rows,
+        "cpu_serving": [serving] if serving else [],
         "absent": absent,
         "table": table,
         "plot": str(plot_benchmark(table_rows, title, out_dir / "benchmark.png")),

@@ -23,7 +23,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from ops.config import Params
-from ops.deploy.benchmark import BackendRow, format_table, measure_interleaved, plot_benchmark
+from ops.deploy.benchmark import (
+    BackendRow,
+    cpu_serving_choice,
+    format_table,
+    measure_interleaved,
+    plot_benchmark,
+)
 from ops.deploy.export import (
     RestorerMetadata,
     export_onnx,
@@ -502,6 +508,16 @@ class RestorationSteps:
         title = f"{name}: batch 1, {bench.threads} threads, {bench.runs} interleaved runs per size"
         table = f"{roofline.describe()}\n\n{format_table(rows, columns)}"
         largest = [r for r in rows if r["size"] == f"{bench.sizes[-1][0]}x{bench.sizes[-1][1]}"]
+        serving = [
+            cpu_serving_choice(
+                [r for r in rows if r["size"] == size],
+                size,
+                1,
+                bench.threads,
+                {"onnx": layout.onnx, "onnx-int8": layout.onnx_int8},
+            )
+            for size in (f"{h}x{w}" for h, w in ([] if full_size else bench.sizes))
+        ]
         report = {
             "title": title,
             "full_size": full_size,
@@ -512,6 +528,7 @@ class RestorationSteps:
             "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
             "roofline": roofline.to_dict(),
             "rows": rows,
+            "cpu_serving": [choice for choice in serving if choice is not None],
             "absent": {"tensorrt": "restorer engines are not built yet (dynamic-size sidecar)"},
             "table": table,
             "plot": str(plot_benchmark(largest, title, out_dir / "benchmark.png")),

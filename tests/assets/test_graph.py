@@ -100,6 +100,9 @@ def test_metadata_carries_counts_metrics_files_and_plots(graph, instance):
     assert "data:image/" in validation["plot_onnx-int8_pr_curve"].value
     assert "onnx-int8" in validation["metrics"].value
     assert meta["traffic/release"]["decision"].value == "promoted"
+    for task in TASKS:  # from each validation asset's benchmark: one size each in the tiny params
+        serving = meta[f"{task}/release"]["cpu_serving"].value
+        assert len(serving) == 1 and set(serving.values()) <= {"onnx", "onnx-int8"}, (task, serving)
     assert meta["traffic/onnx"]["registered_onnx"].value.startswith("traffic-detector-onnx v")
 
 

@@ -350,6 +350,38 @@ def test_the_decision_is_recorded_as_an_artefact_of_the_release_run(tracked_para
     assert json.loads(Path(local).read_text())["decision"] == "promoted"
 
 
+def _benchmarked(params: Params, fastest: str) -> None:
+    """The ``cpu_serving`` entry `visionforge benchmark` writes, for the files on disk now."""
+    layout = TaskLayout.for_task(params, TASK)
+    files = {"onnx": layout.onnx, "onnx-int8": layout.onnx_int8}
+    choice = {
+        "size": "256x256",
+        "format": fastest,
+        "sha256": {fmt: sha256_file(path) for fmt, path in files.items()},
+        "reason": f"{fastest} was faster",
+    }
+    write_json(layout.benchmark_dir / "trained" / "benchmark.json", {"cpu_serving": [choice]})
+
+
+def test_the_release_names_the_faster_cpu_format_only_from_a_benchmark_of_its_files(tracked_params):
+    params = tracked_params
+    _dataset(params)
+    tracker = Tracker(params)
+    never = _release(tracker, params, "v1", map50=0.80)
+    assert never.cpu_serving == {} and "never benchmarked" in " ".join(never.reasons)
+
+    _benchmarked(params, "onnx")
+    chosen = tracker.promote(TASK, pipeline_run="run-v1")
+    assert chosen.cpu_serving == {"256x256": "onnx"}
+    assert "CPU serving at 256x256: onnx, onnx was faster" in chosen.reasons
+    tags = MlflowClient(tracker.uri).get_run(chosen.run_id).data.tags
+    assert tags["serving.cpu.256x256"] == "onnx"
+
+    stale = _release(tracker, params, "v2", map50=0.80)  # new files; the benchmark measured v1's
+    assert stale.cpu_serving == {}
+    assert "the last benchmark was of other onnx, onnx-int8 files" in " ".join(stale.reasons)
+
+
 @pytest.mark.slow
 def test_visionforge_promote_records_the_decision_and_exits_1_when_blocked(tracked_params, tmp_path):
     params = tracked_params

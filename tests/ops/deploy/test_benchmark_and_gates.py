@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ops.deploy.benchmark import BackendRow, format_table, measure_interleaved, plot_benchmark
+from ops.deploy.benchmark import (
+    BackendRow,
+    cpu_serving_choice,
+    format_table,
+    measure_interleaved,
+    plot_benchmark,
+)
 from ops.deploy.roofline import Roofline, measure_roofline
 from ops.gates import all_passed, cosine_gate, map_drop_gate, skipped_gate
+from ops.io import sha256_file
 
 
 def test_runs_are_interleaved_with_the_order_rotated_and_warmup_excluded():
@@ -55,6 +62,24 @@ def test_the_roofline_is_onnx_runtimes_gemm_rate_and_each_row_a_share_of_its_pre
     assert rows["onnx-cuda"]["gemm_fraction"] is None and rows["trt-int8"]["gemm_fraction"] is None
     assert reference.to_dict(reference)["gemm_fraction"] is None  # no roofline measured
     assert "31%" in format_table(list(rows.values()))
+
+
+def test_the_cpu_serving_choice_is_the_faster_onnx_file_with_its_figures(tmp_path):
+    files = {"onnx": tmp_path / "model.onnx", "onnx-int8": tmp_path / "model_int8.onnx"}
+    files["onnx"].write_bytes(b"fp32")
+    files["onnx-int8"].write_bytes(b"int8")
+    rows = [
+        {"backend": "pytorch", "latency_p50_ms": 1.0},  # fastest, but not a serving file
+        {"backend": "onnx", "latency_p50_ms": 4.18},
+        {"backend": "onnx-int8", "latency_p50_ms": 4.28},
+    ]
+    choice = cpu_serving_choice(rows, "256x256", 1, 2, files)
+    assert choice["format"] == "onnx" and choice["size"] == "256x256"
+    assert choice["reason"] == "onnx 4.18 ms vs onnx-int8 4.28 ms (p50 at 256x256, batch 1, 2 threads)"
+    assert choice["sha256"]["onnx-int8"] == sha256_file(files["onnx-int8"])
+    rows[2]["latency_p50_ms"] = 2.0
+    assert cpu_serving_choice(rows, "256x256", 1, 2, files)["format"] == "onnx-int8"
+    assert cpu_serving_choice(rows[:1], "256x256", 1, 2, files) is None
 
 
 def test_map_drop_gate_is_strictly_below_its_threshold():
