@@ -35,6 +35,7 @@ from ops.deploy.roofline import measure_roofline
 from ops.deploy.runtime import INPUT_NAME, ort_session_options
 from ops.detection.data import detector_metadata
 from ops.detection.model import estimate_gflops
+from ops.detection.traffic import full_size_model_config
 from ops.detection.training import build_detector
 
 BASE = QuantizeSettings(calibration_method="minmax", per_channel=True, keep_output_layers=True)
@@ -63,20 +64,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nodes", type=int, default=15, help="how many nodes --nodes-of prints")
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
     return parser.parse_args(argv)
-
-
-def model_config(params: Any, full_size: bool) -> Any:
-    if not full_size:
-        return params.traffic.model
-    return params.traffic.model.model_copy(
-        update={
-            "input_size": 512,
-            "width_mult": 1.0,
-            "head_width": 64,
-            "upsample": (True, True, True),
-            "decoder_skips": False,
-        }
-    )
 
 
 def session(path: Path, threads: int, level: str, profile_prefix: str | None = None) -> Any:
@@ -121,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     args = parse_args(argv)
     params = load_params(args.params)
-    cfg = model_config(params, args.full_size)
+    cfg = full_size_model_config(params.traffic.model) if args.full_size else params.traffic.model
     torch.manual_seed(0)
     model = build_detector(cfg, 1).eval()
     gflops = estimate_gflops(model, cfg.input_size)

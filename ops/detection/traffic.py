@@ -428,6 +428,20 @@ def _benchmark_predictors(
     return predictors, absent
 
 
+def full_size_model_config(model_cfg: ModelConfig) -> ModelConfig:
+    """The seed's architecture (512x512, width 1.0, stride-4 decoder without skips): what
+    ``--full-size`` measures, with the rest of ``model_cfg`` (normalisation, backbone)."""
+    return model_cfg.model_copy(
+        update={
+            "input_size": 512,
+            "width_mult": 1.0,
+            "head_width": 64,
+            "upsample": (True, True, True),
+            "decoder_skips": False,
+        }
+    )
+
+
 def benchmark(params: Params, full_size: bool = False) -> dict[str, Any]:
     """Latency of every available backend side by side, plus each one's mAP and file size.
 
@@ -444,15 +458,7 @@ def benchmark(params: Params, full_size: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="benchmark-") as tmp:
         if full_size:
             train_split = load_coco_split(params.traffic.dataset.root, "train", check_images=False)
-            model_cfg = params.traffic.model.model_copy(
-                update={
-                    "input_size": 512,
-                    "width_mult": 1.0,
-                    "head_width": 64,
-                    "upsample": (True, True, True),
-                    "decoder_skips": False,
-                }
-            )
+            model_cfg = full_size_model_config(params.traffic.model)
             torch.manual_seed(params.traffic.train.seed)
             model = build_detector(model_cfg, len(train_split.class_names)).eval()
             onnx_path, int8_path = Path(tmp) / "model.onnx", Path(tmp) / "model_int8.onnx"
