@@ -198,9 +198,8 @@ class Campaign:
         return TaskLayout.for_task(self.params(), self.task)
 
     def command(self, step: str, rerun: bool = False) -> list[str]:
-        command = [sys.executable, "-m", "ops.cli", step, "--params", str(self.params_path)]
-        if step != "push":  # `visionforge push` is the whole repository's
-            command.insert(4, self.task)
+        task = [] if step == "push" else [self.task]  # `visionforge push` is the whole repository's
+        command = [sys.executable, "-m", "ops.cli", step, *task, "--params", str(self.params_path)]
         if step == "train" and rerun and (self.layout().model_dir / "checkpoints" / "last.pt").is_file():
             command.append("--resume")
         return command

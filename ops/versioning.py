@@ -1,7 +1,8 @@
 """DVC: the only module that drives it, always through the ``dvc`` executable.
 
 DVC lives in its own environment (``.venv-dvc``; its antlr4 pin breaks Dagster's selection
-parser) and is linked into ``.venv/bin``, so it is run as a program, never imported.
+parser) and is linked into ``.venv/bin``, so it is run as a program, never imported (push and
+pull run :mod:`ops.dvc_transfer` with DVC's own interpreter).
 
 - ``dvc.yaml`` is rendered from :func:`ops.stages.task_stages`: one stage per step, each
   calling the ``visionforge`` CLI, paths templated from ``params.yaml`` so they are the paths
