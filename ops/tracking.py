@@ -851,16 +851,16 @@ class Tracker:
             return {}, [f"no CPU serving format chosen: these artefacts were never benchmarked ({rerun})"]
         try:
             choices = json.loads(report_path.read_text()).get("cpu_serving", [])
-            stale = sorted(
+            stale = {
                 fmt
                 for choice in choices
                 for fmt, digest in choice["sha256"].items()
                 if fmt not in versions or versions[fmt].tags.get(TAG_SHA256) != digest
-            )
+            }
         except (ValueError, KeyError, AttributeError, TypeError) as exc:
             return {}, [f"no CPU serving format chosen: {report_path} is unreadable ({exc}; {rerun})"]
         if not choices or stale:
-            what = f"of other {', '.join(sorted(set(stale)))} files" if stale else "without a CPU choice"
+            what = f"of other {', '.join(sorted(stale))} files" if stale else "without a CPU choice"
             return {}, [f"no CPU serving format chosen: the last benchmark was {what} ({rerun})"]
         serving = {choice["size"]: choice["format"] for choice in choices}
         return serving, [f"CPU serving at {c['size']}: {c['format']}, {c['reason']}" for c in choices]

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ops.deploy.roofline import Roofline, cpu_precision
 from ops.deploy.runtime import Predictor
-from ops.io import save_figure, sha256_file
+from ops.io import save_figure
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +110,10 @@ CPU_SERVING_FORMATS = ("onnx", "onnx-int8")
 
 
 def cpu_serving_choice(
-    rows: Sequence[Mapping[str, Any]], size: str, batch_size: int, threads: int, files: Mapping[str, Path]
+    rows: Sequence[Mapping[str, Any]], size: str, batch_size: int, threads: int, digests: Mapping[str, str]
 ) -> dict[str, Any] | None:
     """The faster CPU serving format among one size's benchmark ``rows``, with the figures that
-    decided and the sha256 of each file measured (so a release can tell they are its own).
+    decided and ``digests``, the sha256 of each file measured (so a release can tell they are its own).
 
     Why a choice at all: INT8 is not faster everywhere. On a small model the integer kernels'
     share of the time is small and quantising, layout and pixel-shuffle work is not, so FP32
@@ -130,7 +130,7 @@ def cpu_serving_choice(
         "threads": threads,
         "format": fastest["backend"],
         "latency_p50_ms": {row["backend"]: row["latency_p50_ms"] for row in ranked},
-        "sha256": {backend: sha256_file(files[backend]) for backend in measured},
+        "sha256": {backend: digests[backend] for backend in measured},
         "reason": f"{fastest['backend']} {fastest['latency_p50_ms']:.2f} ms{versus} (p50 at {size}, "
         f"batch {batch_size}, {threads} threads)",
     }

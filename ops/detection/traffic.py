@@ -505,9 +505,11 @@ def benchmark(params: Params, full_size: bool = False) -> dict[str, Any]:
         f"batch {len(batch)}, {cfg.threads} threads, {cfg.runs} interleaved runs"
     )
     table = f"{roofline.describe()}\n\n{format_table(table_rows)}"
-    size = f"{model_cfg.input_size}x{model_cfg.input_size}"
-    files = {"onnx": onnx_path, "onnx-int8": int8_path}  # the trained model's: full-size ones are gone
-    serving = None if full_size else cpu_serving_choice(table_rows, size, len(batch), cfg.threads, files)
+    serving = None
+    if not full_size:  # the trained model's files: the full-size ones are gone with the temporary directory
+        size = f"{model_cfg.input_size}x{model_cfg.input_size}"
+        digests = {"onnx": sha256_file(onnx_path), "onnx-int8": sha256_file(int8_path)}
+        serving = cpu_serving_choice(table_rows, size, len(batch), cfg.threads, digests)
     report = {
         "title": title,
         "full_size": full_size,

@@ -508,16 +508,12 @@ class RestorationSteps:
         title = f"{name}: batch 1, {bench.threads} threads, {bench.runs} interleaved runs per size"
         table = f"{roofline.describe()}\n\n{format_table(rows, columns)}"
         largest = [r for r in rows if r["size"] == f"{bench.sizes[-1][0]}x{bench.sizes[-1][1]}"]
-        serving = [
-            cpu_serving_choice(
-                [r for r in rows if r["size"] == size],
-                size,
-                1,
-                bench.threads,
-                {"onnx": layout.onnx, "onnx-int8": layout.onnx_int8},
-            )
-            for size in (f"{h}x{w}" for h, w in ([] if full_size else bench.sizes))
-        ]
+        serving = []
+        if not full_size:  # the trained model's files, hashed once for every size
+            digests = {"onnx": sha256_file(layout.onnx), "onnx-int8": sha256_file(layout.onnx_int8)}
+            for size in (f"{h}x{w}" for h, w in bench.sizes):
+                at_size = [r for r in rows if r["size"] == size]
+                serving.append(cpu_serving_choice(at_size, size, 1, bench.threads, digests))
         report = {
             "title": title,
             "full_size": full_size,

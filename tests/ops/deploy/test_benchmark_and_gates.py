@@ -68,18 +68,19 @@ def test_the_cpu_serving_choice_is_the_faster_onnx_file_with_its_figures(tmp_pat
     files = {"onnx": tmp_path / "model.onnx", "onnx-int8": tmp_path / "model_int8.onnx"}
     files["onnx"].write_bytes(b"fp32")
     files["onnx-int8"].write_bytes(b"int8")
+    digests = {fmt: sha256_file(path) for fmt, path in files.items()}
     rows = [
         {"backend": "pytorch", "latency_p50_ms": 1.0},  # fastest, but not a serving file
         {"backend": "onnx", "latency_p50_ms": 4.18},
         {"backend": "onnx-int8", "latency_p50_ms": 4.28},
     ]
-    choice = cpu_serving_choice(rows, "256x256", 1, 2, files)
+    choice = cpu_serving_choice(rows, "256x256", 1, 2, digests)
     assert choice["format"] == "onnx" and choice["size"] == "256x256"
     assert choice["reason"] == "onnx 4.18 ms vs onnx-int8 4.28 ms (p50 at 256x256, batch 1, 2 threads)"
     assert choice["sha256"]["onnx-int8"] == sha256_file(files["onnx-int8"])
     rows[2]["latency_p50_ms"] = 2.0
-    assert cpu_serving_choice(rows, "256x256", 1, 2, files)["format"] == "onnx-int8"
-    assert cpu_serving_choice(rows[:1], "256x256", 1, 2, files) is None
+    assert cpu_serving_choice(rows, "256x256", 1, 2, digests)["format"] == "onnx-int8"
+    assert cpu_serving_choice(rows[:1], "256x256", 1, 2, digests) is None
 
 
 def test_map_drop_gate_is_strictly_below_its_threshold():
