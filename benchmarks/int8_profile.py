@@ -4,6 +4,8 @@ Exports the detector (the seed's 512x512 width-1.0 architecture with ``--full-si
 demo's configuration from params.yaml; weights are seeded and untrained, latency does not
 depend on them), quantises it once per variant, then in one run:
 
+- quantises as shipped (each convolution on the faster of ONNX Runtime's two integer kernels,
+  ``ops.deploy.conv_kernels``) and with one change per variant;
 - times ONNX Runtime FP32 and every INT8 variant interleaved, at the benchmark's threads, beside
   the machine's GEMM rates (``ops.deploy.roofline``), so each line shows GOP/s, its share of the
   INT8 GEMM rate and its speed-up over FP32;
@@ -29,6 +31,7 @@ import numpy as np
 
 from ops.config import load_params
 from ops.deploy.benchmark import measure_interleaved
+from ops.deploy.conv_kernels import KernelSelection
 from ops.deploy.export import export_onnx
 from ops.deploy.optimize import QuantizeSettings, quantize_int8
 from ops.deploy.roofline import measure_roofline
@@ -39,16 +42,24 @@ from ops.detection.traffic import full_size_model_config
 from ops.detection.training import build_detector
 
 BASE = QuantizeSettings(calibration_method="minmax", per_channel=True, keep_output_layers=True)
-# name: (quantisation, ONNX Runtime graph optimisation level)
-VARIANTS: dict[str, tuple[QuantizeSettings, str]] = {
-    "int8": (BASE, "all"),
-    "int8-per-tensor": (dataclasses.replace(BASE, per_channel=False), "all"),
-    "int8-symmetric-activations": (dataclasses.replace(BASE, activation_symmetric=True), "all"),
-    "int8-all-layers": (dataclasses.replace(BASE, keep_output_layers=False), "all"),
-    "int8-float-stem": (dataclasses.replace(BASE, keep_input_layers=True), "all"),
-    "int8-transposed-decoder": (dataclasses.replace(BASE, subpixel_decoder=False), "all"),
-    "int8-extended-opt": (BASE, "extended"),
+# name: (what differs from the shipped settings, ONNX Runtime graph optimisation level)
+VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
+    "int8": ({}, "all"),
+    "int8-symmetric-kernels": ({"kernel_selection": None}, "all"),
+    "int8-per-tensor": ({"per_channel": False}, "all"),
+    "int8-symmetric-activations": ({"activation_symmetric": True}, "all"),
+    "int8-all-layers": ({"keep_output_layers": False}, "all"),
+    "int8-float-stem": ({"keep_input_layers": True}, "all"),
+    "int8-transposed-decoder": ({"subpixel_decoder": False}, "all"),
+    "int8-extended-opt": ({}, "extended"),
 }
+
+
+def variant_settings(name: str, threads: int) -> QuantizeSettings:
+    """The shipped quantisation (each convolution's kernel timed at ``threads``) with variant
+    ``name``'s one change."""
+    shipped = dataclasses.replace(BASE, kernel_selection=KernelSelection(threads))
+    return dataclasses.replace(shipped, **VARIANTS[name][0])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -124,14 +135,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         fp32 = tmp / "model.onnx"
         export_onnx(model, detector_metadata(model, cfg.mean, cfg.std, size, ["car"]), fp32, opset=17)
         models: dict[str, tuple[Path, str]] = {"onnx": (fp32, "all")}
+        files: dict[QuantizeSettings, Path] = {}  # a variant that only changes the session shares
         for name in args.variants:
-            settings, level = VARIANTS[name]
-            path = tmp / f"{name}.onnx"
-            if not any(VARIANTS[done][0] == settings for done in models if done in VARIANTS):
-                quantize_int8(fp32, path, calibration, settings)
-            else:  # the same file under another session setting
-                path = next(tmp / f"{d}.onnx" for d in models if d in VARIANTS and VARIANTS[d][0] == settings)
-            models[name] = (path, level)
+            settings, level = variant_settings(name, args.threads), VARIANTS[name][1]
+            if settings not in files:
+                files[settings] = quantize_int8(fp32, tmp / f"{name}.onnx", calibration, settings).path
+            models[name] = (files[settings], level)
         sessions = {name: session(path, args.threads, level) for name, (path, level) in models.items()}
         calls: dict[str, Callable[[np.ndarray], Any]] = {
             name: (lambda b, s=s: s.run(None, {INPUT_NAME: b})) for name, s in sessions.items()

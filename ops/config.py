@@ -256,6 +256,11 @@ class QuantizeConfig(StrictModel):
         "tiny, and int8 steps in scores and box sizes cost accuracy."
     )
     exclude_nodes: list[str] = Field(description="Further ONNX node names to leave in float.")
+    select_conv_kernels: bool = Field(
+        default=False,
+        description="Time each INT8 convolution on ONNX Runtime's two integer kernels (at the "
+        "benchmark's threads, on this machine) and store it for the faster; exact, outputs unchanged.",
+    )
 
 
 class PruneConfig(StrictModel):
@@ -415,6 +420,11 @@ class RestorationQuantizeConfig(StrictModel):
     keep_first_last_float: bool = Field(
         description="Keep the network's first convolution (it reads pixels) and its output layers "
         "(the last convolution, the global residual and the crop) in float."
+    )
+    select_conv_kernels: bool = Field(
+        default=False,
+        description="Time each INT8 convolution on ONNX Runtime's two integer kernels (at the "
+        "benchmark's threads and first size, on this machine) and store it for the faster; exact.",
     )
 
 

@@ -88,6 +88,7 @@ def measure_interleaved(
     batch: np.ndarray,
     warmup: int,
     runs: int,
+    progress: bool = True,
 ) -> dict[str, list[float]]:
     """Milliseconds per call of each predictor on ``batch``: ``warmup`` untimed calls each,
     then ``runs`` rounds of one timed call per predictor, the order rotated every round."""
@@ -96,7 +97,7 @@ def measure_interleaved(
         for _ in range(warmup):
             predictors[name](batch)
     timings: dict[str, list[float]] = {name: [] for name in names}
-    for round_index in tqdm(range(runs), desc="benchmark", unit="round", disable=None):
+    for round_index in tqdm(range(runs), desc="benchmark", unit="round", disable=None if progress else True):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             start = time.perf_counter()

@@ -3,7 +3,9 @@
 Weights are int8 per output channel, activations uint8 with ranges calibrated on training
 images (never validation images: those judge the result). The model is quantised in the
 QDQ format, which ONNX Runtime fuses into integer kernels (VNNI on CPUs that have it) and
-TensorRT reads as explicit quantisation, so one file serves both.
+TensorRT reads as explicit quantisation, so one file serves both. Optionally each convolution
+is then timed on ONNX Runtime's two integer kernels and stored for the faster
+(:mod:`ops.deploy.conv_kernels`: exact, and undone for TensorRT when it builds).
 
 What runs in integer arithmetic is not taken on trust: the report lists the operators of
 the graph ONNX Runtime actually executes after its fusions, and which nodes stayed float.
@@ -15,12 +17,13 @@ import collections
 import logging
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ops.deploy.conv_kernels import ConvKernelChoice, KernelSelection, select_conv_kernels
 from ops.deploy.export import OnnxMetadata, read_onnx_contract
 from ops.deploy.runtime import INPUT_NAME, ort_session_options
 from ops.errors import ExportError
@@ -246,6 +249,7 @@ class QuantizationReport:
     subpixel_nodes: list[str]  # transposed convolutions rewritten for the integer kernels
     executed_ops: dict[str, int]
     float_compute_ops: dict[str, int]
+    conv_kernels: list[ConvKernelChoice] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -257,6 +261,7 @@ class QuantizationReport:
             "subpixel_nodes": self.subpixel_nodes,
             "executed_ops": self.executed_ops,
             "float_compute_ops": self.float_compute_ops,
+            "conv_kernels": [choice.to_dict() for choice in self.conv_kernels],
         }
 
 
@@ -277,6 +282,8 @@ class QuantizeSettings:
     activation_symmetric: bool = False
     # Transposed convolutions rewritten as Conv + DepthToSpace (see rewrite_transposed_convolutions).
     subpixel_decoder: bool = True
+    # Each convolution timed on ONNX Runtime's two integer kernels, the faster kept (conv_kernels).
+    kernel_selection: KernelSelection | None = None
 
 
 def quantize_int8(
@@ -339,6 +346,12 @@ def quantize_int8(
         del model.metadata_props[:]
         for key, value in metadata.to_props().items():  # the quantiser drops them
             model.metadata_props.add(key=key, value=value)
+        kernels = []
+        if cfg.kernel_selection is not None:
+            channels, height, width = batches[0].shape[1:]
+            height, width = cfg.kernel_selection.input_hw or (height, width)
+            sample = np.zeros((1, channels, height, width), np.float32)
+            kernels = select_conv_kernels(model, sample, cfg.kernel_selection)
         with atomic_path(out_path) as final:
             onnx.save_model(model, str(final))
     executed = executed_operators(out_path)
@@ -352,6 +365,7 @@ def quantize_int8(
         subpixel_nodes=subpixel,
         executed_ops=dict(sorted(executed.items())),
         float_compute_ops=float_ops,
+        conv_kernels=kernels,
     )
     log.info("INT8 model %s; float compute left: %s", out_path, float_ops or "none")
     return report

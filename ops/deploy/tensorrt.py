@@ -21,6 +21,9 @@ Why the pieces exist:
   needs no calibration. A plain FP32 model needs calibration batches (implicit
   quantisation through ``IInt8EntropyCalibrator2``, deprecated since TensorRT 10.1 but
   still supported in 10.x) or a calibration cache written for that same ONNX file.
+- ONNX Runtime runs some INT8 convolutions faster with non-zero weight zero points
+  (:mod:`ops.deploy.conv_kernels`); TensorRT takes only zero ones, so the builder parses a
+  copy with those layers' weights stored symmetric again, which is exact.
 - Input checks (calibration batches, inference batches, sidecar fields, version/GPU
   compatibility) are plain functions, so they are tested without TensorRT. The ONNX file
   itself is checked by :func:`ops.deploy.export.read_onnx_contract`, the one reader of the
@@ -33,11 +36,13 @@ another major version is reported as unavailable rather than failing half-way.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import json
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -728,6 +733,25 @@ def build_engine(
     )
 
 
+@contextlib.contextmanager
+def symmetric_weights_file(onnx_path: Path) -> Iterator[Path]:
+    """``onnx_path`` as TensorRT can read it: the file itself, or, when some convolutions are
+    stored for ONNX Runtime's GEMM kernel (non-zero weight zero points, which TensorRT
+    refuses), a temporary copy with them stored symmetric again (the same weights exactly)."""
+    import onnx
+
+    from ops.deploy.conv_kernels import restore_symmetric_weights
+
+    model = onnx.load(str(onnx_path))
+    if restore_symmetric_weights(model) == 0:
+        yield onnx_path
+        return
+    with tempfile.TemporaryDirectory(prefix="tensorrt-") as tmp:
+        copy = Path(tmp) / Path(onnx_path).name
+        onnx.save_model(model, str(copy))
+        yield copy
+
+
 def _check_spatial_profile(
     contract: OnnxContract, profile: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None
 ) -> None:
@@ -802,7 +826,9 @@ def _build(
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
     parser = trt.OnnxParser(network, trt_logger)
     # parse_from_file (not parse(bytes)) so weights stored as external data are found.
-    if not parser.parse_from_file(str(contract.path)):
+    with symmetric_weights_file(contract.path) as parsed_path:
+        parsed = parser.parse_from_file(str(parsed_path))
+    if not parsed:
         details = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         details = details or trt_logger.errors[first_error:]
         raise EngineError(

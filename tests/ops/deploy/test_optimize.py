@@ -45,7 +45,7 @@ def _cfg(**overrides) -> QuantizeSettings:
         keep_outputs_float=True,
         exclude_nodes=[],
     )
-    return quantize_settings(QuantizeConfig(**{**values, **overrides}))
+    return quantize_settings(QuantizeConfig(**{**values, **overrides}), threads=2)
 
 
 @pytest.fixture(scope="module")

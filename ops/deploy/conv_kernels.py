@@ -1,0 +1,276 @@
+"""Choose, per INT8 convolution, the faster of ONNX Runtime's two integer kernels, timed.
+
+ONNX Runtime runs a QDQ convolution (``QLinearConv``) on one of two CPU kernels, and the
+weights' zero point picks which (``onnxruntime/core/providers/cpu/quantization/qlinearconv.cc``):
+
+- weight zero point 0 (what the quantiser writes for symmetric int8 weights): the "symmetric"
+  direct convolution kernels (``MlasConvSym``, AVX2/AVX-512 VNNI);
+- any other zero point: im2col and the general quantised GEMM (``MlasGemm``), the kernel that
+  ``MatMulInteger`` runs, which uses AMX tiles on CPUs that have them.
+
+Neither wins everywhere. Measured on a 2-core Xeon with AMX (``benchmarks/int8_profile.py``):
+the GEMM kernel ran a 3x3, 512-channel convolution at 16x16 1.8x faster, and a 64-channel one
+at 128x128 2.5x slower. On the seed's 512x512 detector, moving the convolutions with at least
+1,000 multiply-adds per output to the GEMM kernel made INT8 11 % faster; on the demo's 256x256
+one it changed nothing. So the choice is measured, layer by layer, on the machine that
+quantises, as TensorRT's builder times its tactics.
+
+Moving a layer is exact. The quantiser's symmetric int8 weights lie in [-127, 127], so storing
+``q - 1`` with zero point -1 dequantises to the same ``(q - 1 + 1) * scale``, and ONNX Runtime
+computes the same integers: the model's outputs are bit-identical. TensorRT accepts only zero
+weight zero points, so :func:`restore_symmetric_weights` undoes the move before it parses.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# The zero point that routes a layer to the GEMM kernel; any non-zero value does, -1 keeps the
+# symmetric range [-127, 127] exactly representable as [-128, 126].
+GEMM_WEIGHT_ZERO_POINT = -1
+# A layer moves only when the GEMM kernel is at least this much faster, so timing noise on a
+# busy machine does not flip layers whose two kernels are equally fast.
+MIN_GAIN = 0.10
+_GEMM_SUFFIX = "_gemm_kernel"  # initialisers of a moved layer; moving back restores the names
+
+
+@dataclass(frozen=True)
+class KernelSelection:
+    """Time each INT8 convolution's two kernels at ``threads`` on a batch-1 input of
+    ``input_hw`` (None: the model's own fixed size), and keep the faster."""
+
+    threads: int
+    input_hw: tuple[int, int] | None = None
+    warmup: int = 3
+    runs: int = 15
+
+
+@dataclass(frozen=True)
+class ConvKernelChoice:
+    node: str
+    multiply_adds_per_output: int  # input channels per group x kernel area: the GEMM's K
+    symmetric_ms: float
+    gemm_ms: float
+    kernel: str  # "symmetric" | "gemm"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _IntConv:
+    """A quantised convolution in a QDQ graph: its nodes and its int8 weights' names."""
+
+    conv: Any  # onnx.NodeProto
+    input_dq: Any  # DequantizeLinear of the activation
+    weight_dq: Any  # DequantizeLinear of the int8 weight initialiser
+    output_q: Any | None  # QuantizeLinear of the (activated) output, None if it stays float
+    between: tuple[Any, ...]  # nodes from the Conv to output_q (e.g. a Relu ONNX Runtime fuses)
+
+
+def _initialisers(graph: Any) -> dict[str, Any]:
+    return {init.name: init for init in graph.initializer}
+
+
+def _movable_convs(graph: Any) -> list[_IntConv]:
+    """The graph's int8 convolutions whose weights can move between the kernels: a constant
+    int8 weight with zero points 0 in [-127, 127] (symmetric), or already moved."""
+    from onnx import numpy_helper
+
+    inits = _initialisers(graph)
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    graph_outputs = {out.name for out in graph.output}
+    found = []
+    for conv in graph.node:
+        if conv.op_type != "Conv" or len(conv.input) < 2:
+            continue
+        input_dq, weight_dq = producer.get(conv.input[0]), producer.get(conv.input[1])
+        if not (input_dq and weight_dq) or {input_dq.op_type, weight_dq.op_type} != {"DequantizeLinear"}:
+            continue
+        if len(weight_dq.input) < 3 or weight_dq.input[0] not in inits or weight_dq.input[2] not in inits:
+            continue
+        weights = numpy_helper.to_array(inits[weight_dq.input[0]])
+        zero_points = numpy_helper.to_array(inits[weight_dq.input[2]])
+        if weights.dtype != np.int8 or len(consumers.get(weight_dq.output[0], [])) != 1:
+            continue
+        symmetric = bool((zero_points == 0).all()) and int(weights.min(initial=0)) >= -127
+        moved = bool((zero_points == GEMM_WEIGHT_ZERO_POINT).all()) and int(weights.max(initial=0)) <= 126
+        if not (symmetric or moved):
+            continue
+        between, tensor, output_q = [], conv.output[0], None
+        # Follow the output through what ONNX Runtime fuses into the kernel (Relu) to its Q.
+        while tensor not in graph_outputs and len(consumers.get(tensor, [])) == 1:
+            follower = consumers[tensor][0]
+            if follower.op_type == "QuantizeLinear":
+                output_q = follower
+                break
+            if follower.op_type != "Relu":
+                break
+            between.append(follower)
+            tensor = follower.output[0]
+        found.append(_IntConv(conv, input_dq, weight_dq, output_q, tuple(between)))
+    return found
+
+
+def _move(graph: Any, layer: _IntConv, kernel: str) -> None:
+    """Store ``layer``'s weights for ``kernel`` ("symmetric" or "gemm"); exact both ways.
+
+    New initialiser names, so a zero point shared with another layer is left as it was."""
+    from onnx import numpy_helper
+
+    inits = _initialisers(graph)
+    weight_name, zero_point_name = layer.weight_dq.input[0], layer.weight_dq.input[2]
+    weights = numpy_helper.to_array(inits[weight_name]).astype(np.int16)
+    zero_points = numpy_helper.to_array(inits[zero_point_name])
+    target = GEMM_WEIGHT_ZERO_POINT if kernel == "gemm" else 0
+    current = int(zero_points.flat[0]) if zero_points.size else 0
+    if current == target:
+        return
+    shifted = (weights - current + target).astype(np.int8)
+    suffix = _GEMM_SUFFIX if kernel == "gemm" else ""
+    new_weight = weight_name.removesuffix(_GEMM_SUFFIX) + suffix
+    new_zero_point = zero_point_name.removesuffix(_GEMM_SUFFIX) + suffix
+    graph.initializer.append(numpy_helper.from_array(shifted, new_weight))
+    graph.initializer.append(numpy_helper.from_array(np.full_like(zero_points, target), new_zero_point))
+    layer.weight_dq.input[0], layer.weight_dq.input[2] = new_weight, new_zero_point
+    used = {name for node in graph.node for name in node.input}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
+def restore_symmetric_weights(model: Any) -> int:
+    """Store every moved layer's weights symmetric again (zero point 0), in place; returns how
+    many layers changed. For consumers that accept only zero weight zero points (TensorRT)."""
+    moved = [layer for layer in _movable_convs(model.graph) if _zero_point(model.graph, layer) != 0]
+    for layer in moved:
+        _move(model.graph, layer, "symmetric")
+    return len(moved)
+
+
+def _zero_point(graph: Any, layer: _IntConv) -> int:
+    from onnx import numpy_helper
+
+    zero_points = numpy_helper.to_array(_initialisers(graph)[layer.weight_dq.input[2]])
+    return int(zero_points.flat[0]) if zero_points.size else 0
+
+
+def _layer_model(model: Any, layer: _IntConv, input_shape: list[int]) -> Any:
+    """``layer`` alone: its input's uint8 tensor in, its quantised (or float) output out."""
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    nodes = [layer.input_dq, layer.weight_dq]
+    producer = {out: node for node in graph.node for out in node.output}
+    nodes += [producer[name] for name in layer.conv.input[2:] if name in producer]  # bias DQ
+    nodes += [layer.conv, *layer.between] + ([layer.output_q] if layer.output_q is not None else [])
+    output = nodes[-1].output[0]
+    needed = {name for node in nodes for name in node.input}
+    initialisers = [init for init in graph.initializer if init.name in needed]
+    types = {init.name: init.data_type for init in graph.initializer}
+    input_name = layer.input_dq.input[0]
+    # a quantised tensor has its zero point's type
+    input_type = types[layer.input_dq.input[2]]
+    output_type = types[layer.output_q.input[2]] if layer.output_q is not None else TensorProto.FLOAT
+    sub = helper.make_graph(
+        nodes,
+        f"{layer.conv.name}_alone",
+        [helper.make_tensor_value_info(input_name, input_type, input_shape)],
+        [helper.make_tensor_value_info(output, output_type, None)],
+        initialisers,
+    )
+    return helper.make_model(sub, opset_imports=model.opset_import, ir_version=model.ir_version)
+
+
+def _activation_shapes(model: Any, names: list[str], sample: np.ndarray) -> dict[str, list[int]]:
+    """The shapes ``names`` take when the model runs ``sample``: read from one real run rather
+    than inferred, as a restorer's size arithmetic defeats static shape inference."""
+    import onnx
+    import onnxruntime as ort
+
+    from ops.deploy.runtime import ort_session_options
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {out.name for out in probe.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names if name not in existing)
+    options = ort_session_options(threads=1)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    wanted = [out.name for out in session.get_outputs() if out.name in set(names)]
+    values = session.run(wanted, {session.get_inputs()[0].name: sample})
+    return {name: list(value.shape) for name, value in zip(wanted, values, strict=True)}
+
+
+def _time_layer(
+    model: Any, layer: _IntConv, shape: list[int], selection: KernelSelection
+) -> dict[str, float]:
+    """p50 milliseconds of ``layer`` alone on each kernel, timed interleaved."""
+    import onnxruntime as ort
+
+    from ops.deploy.benchmark import measure_interleaved
+    from ops.deploy.runtime import ort_session_options
+
+    rng = np.random.default_rng(0)
+    calls = {}
+    for kernel in ("symmetric", "gemm"):
+        alone = _layer_model(model, layer, shape)
+        _move(alone.graph, _movable_convs(alone.graph)[0], kernel)
+        session = ort.InferenceSession(
+            alone.SerializeToString(),
+            ort_session_options(selection.threads),
+            providers=["CPUExecutionProvider"],
+        )
+        feed_name = session.get_inputs()[0].name
+        dtype = np.uint8 if session.get_inputs()[0].type == "tensor(uint8)" else np.int8
+        info = np.iinfo(dtype)
+        feed = rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
+        calls[kernel] = lambda _batch, s=session, n=feed_name, x=feed: s.run(None, {n: x})
+    timings = measure_interleaved(calls, np.empty(0), selection.warmup, selection.runs, progress=False)
+    return {kernel: float(np.percentile(ms, 50)) for kernel, ms in timings.items()}
+
+
+def select_conv_kernels(model: Any, sample: np.ndarray, selection: KernelSelection) -> list[ConvKernelChoice]:
+    """Time every movable INT8 convolution of ``model`` on both kernels, on the activations
+    ``sample`` (one float input) produces, and store each layer for the faster one, in place.
+
+    A layer moves to the GEMM kernel only if it is at least ``MIN_GAIN`` faster there."""
+    from tqdm.auto import tqdm
+
+    layers = _movable_convs(model.graph)
+    shapes = _activation_shapes(model, [layer.input_dq.input[0] for layer in layers], sample)
+    choices = []
+    for layer in tqdm(layers, desc="INT8 kernel per convolution", unit="conv", disable=None):
+        if layer.input_dq.input[0] not in shapes:
+            continue
+        times = _time_layer(model, layer, shapes[layer.input_dq.input[0]], selection)
+        kernel = "gemm" if times["gemm"] <= times["symmetric"] * (1 - MIN_GAIN) else "symmetric"
+        _move(model.graph, layer, kernel)
+        weight_shape = next(i.dims for i in model.graph.initializer if i.name == layer.weight_dq.input[0])
+        choices.append(
+            ConvKernelChoice(
+                node=layer.conv.name,
+                multiply_adds_per_output=int(np.prod(weight_shape[1:])),
+                symmetric_ms=round(times["symmetric"], 4),
+                gemm_ms=round(times["gemm"], 4),
+                kernel=kernel,
+            )
+        )
+    log.info(
+        "INT8 convolutions on the GEMM kernel: %d of %d (%.2f ms -> %.2f ms, timed alone)",
+        sum(c.kernel == "gemm" for c in choices),
+        len(choices),
+        sum(c.symmetric_ms for c in choices),
+        sum(c.gemm_ms if c.kernel == "gemm" else c.symmetric_ms for c in choices),
+    )
+    return choices
