@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from ops.deploy.runtime import tensor_shapes
+
 log = logging.getLogger(__name__)
 
 # The zero point that routes a layer to the GEMM kernel; any non-zero value does, -1 keeps the
@@ -192,26 +194,6 @@ def _layer_model(model: Any, layer: _IntConv, input_shape: list[int]) -> Any:
     return helper.make_model(sub, opset_imports=model.opset_import, ir_version=model.ir_version)
 
 
-def _activation_shapes(model: Any, names: list[str], sample: np.ndarray) -> dict[str, list[int]]:
-    """The shapes ``names`` take when the model runs ``sample``: read from one real run rather
-    than inferred, as a restorer's size arithmetic defeats static shape inference."""
-    import onnx
-    import onnxruntime as ort
-
-    from ops.deploy.runtime import ort_session_options
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    existing = {out.name for out in probe.graph.output}
-    probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names if name not in existing)
-    options = ort_session_options(threads=1)
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    wanted = [out.name for out in session.get_outputs() if out.name in set(names)]
-    values = session.run(wanted, {session.get_inputs()[0].name: sample})
-    return {name: list(value.shape) for name, value in zip(wanted, values, strict=True)}
-
-
 def _time_layer(
     model: Any, layer: _IntConv, shape: list[int], selection: KernelSelection
 ) -> dict[str, float]:
@@ -248,7 +230,7 @@ def select_conv_kernels(model: Any, sample: np.ndarray, selection: KernelSelecti
     from tqdm.auto import tqdm
 
     layers = _movable_convs(model.graph)
-    shapes = _activation_shapes(model, [layer.input_dq.input[0] for layer in layers], sample)
+    shapes = tensor_shapes(model, [layer.input_dq.input[0] for layer in layers], sample)
     choices = []
     for layer in tqdm(layers, desc="INT8 kernel per convolution", unit="conv", disable=None):
         if layer.input_dq.input[0] not in shapes:

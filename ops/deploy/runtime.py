@@ -11,9 +11,10 @@ ever see this interface, so no code special-cases a backend.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -105,6 +106,25 @@ def ort_session_options(threads: int | None):
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only: ORT warns about every benign optimiser choice
     return options
+
+
+def tensor_shapes(model: Any, names: Sequence[str], sample: np.ndarray) -> dict[str, list[int]]:
+    """The shapes the tensors ``names`` of ``model`` (an ``onnx.ModelProto``) take when it runs
+    ``sample``: read from one real, unoptimised run rather than inferred, as a restorer's size
+    arithmetic defeats static shape inference."""
+    import onnx
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {out.name for out in probe.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names if name not in existing)
+    options = ort_session_options(threads=1)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    wanted = [out.name for out in session.get_outputs() if out.name in set(names)]
+    values = session.run(wanted, {session.get_inputs()[0].name: sample})
+    return {name: list(value.shape) for name, value in zip(wanted, values, strict=True)}
 
 
 class OnnxRuntimePredictor:

@@ -11,7 +11,7 @@ from ops.deploy.benchmark import (
     measure_interleaved,
     plot_benchmark,
 )
-from ops.deploy.roofline import Roofline, measure_roofline
+from ops.deploy.roofline import Roofline, conv_gemm_shapes, measure_gemm_shapes, measure_roofline
 from ops.gates import all_passed, cosine_gate, map_drop_gate, skipped_gate
 from ops.io import sha256_file
 
@@ -62,6 +62,37 @@ def test_the_roofline_is_onnx_runtimes_gemm_rate_and_each_row_a_share_of_its_pre
     assert rows["onnx-cuda"]["gemm_fraction"] is None and rows["trt-int8"]["gemm_fraction"] is None
     assert reference.to_dict(reference)["gemm_fraction"] is None  # no roofline measured
     assert "31%" in format_table(list(rows.values()))
+
+
+def test_each_convolution_is_the_gemm_im2col_makes_of_it_and_those_gemms_are_timed():
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {
+        "stem": rng.standard_normal((8, 3, 7, 7), dtype=np.float32),  # 7x7 stride 2
+        "body": rng.standard_normal((16, 8, 3, 3), dtype=np.float32),
+        "depthwise": rng.standard_normal((16, 1, 3, 3), dtype=np.float32),  # grouped: not a GEMM
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "stem"], ["a"], kernel_shape=[7, 7], strides=[2, 2], pads=[3] * 4),
+        helper.make_node("Conv", ["a", "body"], ["b"], kernel_shape=[3, 3], pads=[1] * 4),
+        helper.make_node("Conv", ["b", "depthwise"], ["y"], kernel_shape=[3, 3], pads=[1] * 4, group=16),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "convs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, None, None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, name) for name, w in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+    shapes = conv_gemm_shapes(model, np.zeros((2, 3, 32, 48), np.float32))
+    # M = batch x output pixels, K = input channels x kernel area, N = output channels
+    assert shapes == [(2 * 16 * 24, 3 * 49, 8), (2 * 16 * 24, 8 * 9, 16)]
+    bound = measure_gemm_shapes(shapes, threads=1, runs=3, warmup=1)
+    assert bound["gemms"] == 2 and bound["gop"] == round(2 * 768 * (147 * 8 + 72 * 16) / 1e9, 3)
+    assert bound["ms"] > 0 and bound["gop_per_s"] > 0
 
 
 def test_the_cpu_serving_choice_is_the_faster_onnx_file_with_its_figures(tmp_path):
