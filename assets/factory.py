@@ -304,6 +304,9 @@ def build_task_assets(task: str) -> list[AssetsDefinition]:
             "onnx_sha256": MetadataValue.text(str(report.get("onnx_sha256", ""))),
             **numeric(report),
             "excluded_nodes": MetadataValue.int(len(report.get("excluded_nodes", []))),
+            "convs_on_gemm_kernel": MetadataValue.int(
+                sum(choice["kernel"] == "gemm" for choice in report.get("conv_kernels", []))
+            ),
             "report": MetadataValue.json(
                 {k: v for k, v in report.items() if isinstance(v, (str, int, float, list, dict))}
             ),

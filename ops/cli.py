@@ -452,7 +452,14 @@ def _run_step(args: argparse.Namespace, params: Params) -> dict[str, Any]:
         }
     if args.command == "quantize":
         report = steps.quantize(params)
-        return {k: report[k] for k in ("path", "onnx_bytes", "excluded_nodes", "float_compute_ops")}
+        kernels = [choice["kernel"] for choice in report["conv_kernels"]]
+        summary = {k: report[k] for k in ("path", "onnx_bytes", "excluded_nodes", "float_compute_ops")}
+        summary["conv_kernels"] = (
+            f"{kernels.count('gemm')} of {len(kernels)} convolutions on the GEMM kernel"
+            if kernels
+            else "not timed (quantize.select_conv_kernels is off)"
+        )
+        return summary
     if args.command == "prune":
         if not hasattr(steps, "prune"):
             raise VisionForgeError(f"task {args.task!r} has no prune step")
