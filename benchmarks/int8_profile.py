@@ -4,8 +4,9 @@ Exports the detector (the seed's 512x512 width-1.0 architecture with ``--full-si
 demo's configuration from params.yaml; weights are seeded and untrained, latency does not
 depend on them), quantises it once per variant, then in one run:
 
-- quantises as shipped (each convolution on the faster of ONNX Runtime's two integer kernels,
-  ``ops.deploy.conv_kernels``) and with one change per variant;
+- quantises as shipped (the convolutions with ``quantize.gemm_kernel_min_multiply_adds`` or more
+  multiply-adds per output on ONNX Runtime's GEMM kernel, ``ops.deploy.conv_kernels``) and with
+  one change per variant;
 - times ONNX Runtime FP32 and every INT8 variant interleaved, at the benchmark's threads, beside
   the machine's GEMM rates (``ops.deploy.roofline``), so each line shows GOP/s, its share of the
   INT8 GEMM rate and its speed-up over FP32;
@@ -16,6 +17,10 @@ depend on them), quantises it once per variant, then in one run:
 
     python -m benchmarks.int8_profile --full-size --threads 2
     python -m benchmarks.int8_profile --batch 4 --variants int8 int8-per-tensor
+    python -m benchmarks.int8_profile --full-size --layer-kernels   # choose the GEMM threshold
+
+``--layer-kernels`` also times every INT8 convolution alone on both integer kernels and prints
+them by multiply-adds per output, which is what the threshold is chosen from.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import onnx
 
 from ops.config import load_params
 from ops.deploy.benchmark import measure_interleaved
-from ops.deploy.conv_kernels import KernelSelection
+from ops.deploy.conv_kernels import time_conv_kernels
 from ops.deploy.export import export_onnx
 from ops.deploy.optimize import QuantizeSettings, quantize_int8
 from ops.deploy.roofline import conv_gemm_shapes, measure_gemm_shapes, measure_roofline
@@ -48,7 +53,7 @@ BASE = QuantizeSettings(calibration_method="minmax", per_channel=True, keep_outp
 # name: (what differs from the shipped settings, ONNX Runtime graph optimisation level)
 VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "int8": ({}, "all"),
-    "int8-symmetric-kernels": ({"kernel_selection": None}, "all"),
+    "int8-symmetric-kernels": ({"gemm_kernel_min_multiply_adds": None}, "all"),
     "int8-per-tensor": ({"per_channel": False}, "all"),
     "int8-symmetric-activations": ({"activation_symmetric": True}, "all"),
     "int8-all-layers": ({"keep_output_layers": False}, "all"),
@@ -58,10 +63,10 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
 }
 
 
-def variant_settings(name: str, threads: int) -> QuantizeSettings:
-    """The shipped quantisation (each convolution's kernel timed at ``threads``) with variant
-    ``name``'s one change."""
-    shipped = dataclasses.replace(BASE, kernel_selection=KernelSelection(threads))
+def variant_settings(name: str, gemm_kernel_min_multiply_adds: int | None) -> QuantizeSettings:
+    """The shipped quantisation (the wider convolutions on the GEMM kernel) with variant ``name``'s
+    one change."""
+    shipped = dataclasses.replace(BASE, gemm_kernel_min_multiply_adds=gemm_kernel_min_multiply_adds)
     return dataclasses.replace(shipped, **VARIANTS[name][0])
 
 
@@ -76,6 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--nodes-of", nargs="+", metavar="MODEL", help="print these models' slowest nodes")
     parser.add_argument("--nodes", type=int, default=15, help="how many nodes --nodes-of prints")
+    parser.add_argument(
+        "--layer-kernels", action="store_true", help="time each INT8 convolution alone on both kernels"
+    )
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
     return parser.parse_args(argv)
 
@@ -144,7 +152,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         models: dict[str, tuple[Path, str]] = {"onnx": (fp32, "all")}
         files: dict[QuantizeSettings, Path] = {}  # a variant that only changes the session shares
         for name in args.variants:
-            settings, level = variant_settings(name, args.threads), VARIANTS[name][1]
+            settings = variant_settings(name, params.traffic.quantize.gemm_kernel_min_multiply_adds)
+            level = VARIANTS[name][1]
             if settings not in files:
                 files[settings] = quantize_int8(fp32, tmp / f"{name}.onnx", calibration, settings).path
             models[name] = (files[settings], level)
@@ -161,6 +170,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             name: profile_shares(path, level, batch, args.threads, 5, tmp)
             for name, (path, level) in models.items()
         }
+        layer_kernels = []
+        if args.layer_kernels and "int8" in models:
+            layer_kernels = time_conv_kernels(onnx.load(str(models["int8"][0])), batch, args.threads)
     shares = {name: by_op for name, (by_op, _) in profiles.items()}
     fp32_p50 = float(np.percentile(timings["onnx"], 50))
     rows = []
@@ -193,6 +205,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{row['gemm_fraction']:5.0%} of GEMM {_percent(row['of_its_gemms']):>5s} of its GEMMs  "
             f"x{row['speedup_vs_fp32']:.2f} FP32   {ops_text}"
         )
+    if layer_kernels:
+        print("\neach INT8 convolution alone (p50 ms), by multiply-adds per output (K)")
+        for row in sorted(layer_kernels, key=lambda r: r["multiply_adds_per_output"]):
+            faster = "gemm" if row["gemm_ms"] < row["symmetric_ms"] else "symmetric"
+            print(
+                f"  K {row['multiply_adds_per_output']:5d}  symmetric {row['symmetric_ms']:7.3f}  "
+                f"gemm {row['gemm_ms']:7.3f}  faster: {faster:9s} {row['node']}"
+            )
     for name in args.nodes_of or []:
         print(f"\n{name}: the {args.nodes} nodes that take longest")
         for node, share in list(profiles[name][1].items())[: args.nodes]:
@@ -200,6 +220,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {
         "roofline": roofline.to_dict(),
         "conv_gemms_int8": shape_bound,
+        "layer_kernels": layer_kernels,
         "gflops": gflops,
         "batch": args.batch,
         "rows": rows,

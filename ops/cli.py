@@ -457,7 +457,7 @@ def _run_step(args: argparse.Namespace, params: Params) -> dict[str, Any]:
         summary["conv_kernels"] = (
             f"{kernels.count('gemm')} of {len(kernels)} convolutions on the GEMM kernel"
             if kernels
-            else "not timed (quantize.select_conv_kernels is off)"
+            else "all on the symmetric kernel (quantize.gemm_kernel_min_multiply_adds is null)"
         )
         return summary
     if args.command == "prune":

@@ -256,10 +256,13 @@ class QuantizeConfig(StrictModel):
         "tiny, and int8 steps in scores and box sizes cost accuracy."
     )
     exclude_nodes: list[str] = Field(description="Further ONNX node names to leave in float.")
-    select_conv_kernels: bool = Field(
-        default=False,
-        description="Time each INT8 convolution on ONNX Runtime's two integer kernels (at the "
-        "benchmark's threads, on this machine) and store it for the faster; exact, outputs unchanged.",
+    gemm_kernel_min_multiply_adds: int | None = Field(
+        default=None,
+        gt=0,
+        description="INT8 convolutions with at least this many multiply-adds per output (input "
+        "channels x kernel area) run on ONNX Runtime's im2col GEMM kernel, the rest on its direct "
+        "symmetric one; null: all symmetric. Exact (outputs bit-identical); which is faster depends "
+        "on the CPU: python -m benchmarks.int8_profile --layer-kernels times both per layer.",
     )
 
 
@@ -421,10 +424,13 @@ class RestorationQuantizeConfig(StrictModel):
         description="Keep the network's first convolution (it reads pixels) and its output layers "
         "(the last convolution, the global residual and the crop) in float."
     )
-    select_conv_kernels: bool = Field(
-        default=False,
-        description="Time each INT8 convolution on ONNX Runtime's two integer kernels (at the "
-        "benchmark's threads and first size, on this machine) and store it for the faster; exact.",
+    gemm_kernel_min_multiply_adds: int | None = Field(
+        default=None,
+        gt=0,
+        description="INT8 convolutions with at least this many multiply-adds per output (input "
+        "channels x kernel area) run on ONNX Runtime's im2col GEMM kernel, the rest on its direct "
+        "symmetric one; null: all symmetric. Exact (outputs bit-identical); which is faster depends "
+        "on the CPU: python -m benchmarks.int8_profile --layer-kernels times both per layer.",
     )
 
 

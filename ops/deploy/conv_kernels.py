@@ -1,4 +1,4 @@
-"""Choose, per INT8 convolution, the faster of ONNX Runtime's two integer kernels, timed.
+"""Which of ONNX Runtime's two integer kernels each INT8 convolution runs on, set exactly.
 
 ONNX Runtime runs a QDQ convolution (``QLinearConv``) on one of two CPU kernels, and the
 weights' zero point picks which (``onnxruntime/core/providers/cpu/quantization/qlinearconv.cc``):
@@ -8,12 +8,14 @@ weights' zero point picks which (``onnxruntime/core/providers/cpu/quantization/q
 - any other zero point: im2col and the general quantised GEMM (``MlasGemm``), the kernel that
   ``MatMulInteger`` runs, which uses AMX tiles on CPUs that have them.
 
-Neither wins everywhere. Measured on a 2-core Xeon with AMX (``benchmarks/int8_profile.py``):
-the GEMM kernel ran a 3x3, 512-channel convolution at 16x16 1.8x faster, and a 64-channel one
-at 128x128 2.5x slower. On the seed's 512x512 detector, moving the convolutions with at least
-1,000 multiply-adds per output to the GEMM kernel made INT8 11 % faster; on the demo's 256x256
-one it changed nothing. So the choice is measured, layer by layer, on the machine that
-quantises, as TensorRT's builder times its tactics.
+Neither wins everywhere. Timed layer by layer (:func:`time_conv_kernels`,
+``python -m benchmarks.int8_profile --layer-kernels``) on a 2-core Xeon with AMX, the GEMM
+kernel was faster on layers with many multiply-adds per output (K, input channels x kernel
+area) and slower on the narrow early ones (3x3 on 64 channels, K = 576: 1.3x slower). So the
+pipeline moves the layers with K at or above a configured threshold
+(:func:`assign_conv_kernels`): a rule, not a timing at quantisation time, so the same model
+quantises to the same bytes on every run (DVC's hashes and the fault suite's reruns rely on
+that), and the threshold is re-measured per machine kind with the profiler.
 
 Moving a layer is exact. The quantiser's symmetric int8 weights lie in [-127, 127], so storing
 ``q - 1`` with zero point -1 dequantises to the same ``(q - 1 + 1) * scale``, and ONNX Runtime
@@ -36,29 +38,15 @@ log = logging.getLogger(__name__)
 # The zero point that routes a layer to the GEMM kernel; any non-zero value does, -1 keeps the
 # symmetric range [-127, 127] exactly representable as [-128, 126].
 GEMM_WEIGHT_ZERO_POINT = -1
-# A layer moves only when the GEMM kernel is at least this much faster, so timing noise on a
-# busy machine does not flip layers whose two kernels are equally fast.
-MIN_GAIN = 0.10
 _GEMM_SUFFIX = "_gemm_kernel"  # initialisers of a moved layer; moving back restores the names
 
 
 @dataclass(frozen=True)
-class KernelSelection:
-    """Time each INT8 convolution's two kernels at ``threads`` on a batch-1 input of
-    ``input_hw`` (None: the model's own fixed size), and keep the faster."""
-
-    threads: int
-    input_hw: tuple[int, int] | None = None
-    warmup: int = 3
-    runs: int = 15
-
-
-@dataclass(frozen=True)
 class ConvKernelChoice:
+    """The kernel one INT8 convolution is stored for, and the width that decided it."""
+
     node: str
-    multiply_adds_per_output: int  # input channels per group x kernel area: the GEMM's K
-    symmetric_ms: float
-    gemm_ms: float
+    multiply_adds_per_output: int  # input channels x kernel area: the GEMM's K
     kernel: str  # "symmetric" | "gemm"
 
     def to_dict(self) -> dict[str, Any]:
@@ -67,7 +55,7 @@ class ConvKernelChoice:
 
 @dataclass(frozen=True)
 class _IntConv:
-    """A quantised convolution in a QDQ graph: its nodes and its int8 weights' names."""
+    """A quantised convolution in a QDQ graph, as the nodes that make it up."""
 
     conv: Any  # onnx.NodeProto
     input_dq: Any  # DequantizeLinear of the activation
@@ -81,8 +69,9 @@ def _initialisers(graph: Any) -> dict[str, Any]:
 
 
 def _movable_convs(graph: Any) -> list[_IntConv]:
-    """The graph's int8 convolutions whose weights can move between the kernels: a constant
-    int8 weight with zero points 0 in [-127, 127] (symmetric), or already moved."""
+    """The graph's ungrouped int8 convolutions whose weights can move between the kernels: a
+    constant int8 weight with zero points 0 in [-127, 127] (symmetric), or already moved.
+    (A grouped convolution is not a GEMM: ONNX Runtime runs depthwise ones on a kernel of their own.)"""
     from onnx import numpy_helper
 
     inits = _initialisers(graph)
@@ -94,7 +83,8 @@ def _movable_convs(graph: Any) -> list[_IntConv]:
     graph_outputs = {out.name for out in graph.output}
     found = []
     for conv in graph.node:
-        if conv.op_type != "Conv" or len(conv.input) < 2:
+        group = next((a.i for a in conv.attribute if a.name == "group"), 1)
+        if conv.op_type != "Conv" or len(conv.input) < 2 or group != 1:
             continue
         input_dq, weight_dq = producer.get(conv.input[0]), producer.get(conv.input[1])
         if not (input_dq and weight_dq) or {input_dq.op_type, weight_dq.op_type} != {"DequantizeLinear"}:
@@ -194,10 +184,31 @@ def _layer_model(model: Any, layer: _IntConv, input_shape: list[int]) -> Any:
     return helper.make_model(sub, opset_imports=model.opset_import, ir_version=model.ir_version)
 
 
-def _time_layer(
-    model: Any, layer: _IntConv, shape: list[int], selection: KernelSelection
-) -> dict[str, float]:
-    """p50 milliseconds of ``layer`` alone on each kernel, timed interleaved."""
+def _multiply_adds_per_output(graph: Any, layer: _IntConv) -> int:
+    weight = _initialisers(graph)[layer.weight_dq.input[0]]
+    return int(np.prod(weight.dims[1:]))
+
+
+def assign_conv_kernels(model: Any, gemm_min_multiply_adds: int) -> list[ConvKernelChoice]:
+    """Store each movable INT8 convolution of ``model`` (in place) for the GEMM kernel if it
+    does at least ``gemm_min_multiply_adds`` per output, else for the symmetric kernel."""
+    choices = []
+    for layer in _movable_convs(model.graph):
+        k = _multiply_adds_per_output(model.graph, layer)
+        kernel = "gemm" if k >= gemm_min_multiply_adds else "symmetric"
+        _move(model.graph, layer, kernel)
+        choices.append(ConvKernelChoice(node=layer.conv.name, multiply_adds_per_output=k, kernel=kernel))
+    log.info(
+        "INT8 convolutions on the GEMM kernel (K >= %d): %d of %d",
+        gemm_min_multiply_adds,
+        sum(c.kernel == "gemm" for c in choices),
+        len(choices),
+    )
+    return choices
+
+
+def _time_layer(alone: Any, shape: list[int], threads: int, warmup: int, runs: int) -> dict[str, float]:
+    """p50 milliseconds of the one-convolution model ``alone`` on each kernel, interleaved."""
     import onnxruntime as ort
 
     from ops.deploy.benchmark import measure_interleaved
@@ -206,53 +217,37 @@ def _time_layer(
     rng = np.random.default_rng(0)
     calls = {}
     for kernel in ("symmetric", "gemm"):
-        alone = _layer_model(model, layer, shape)
         _move(alone.graph, _movable_convs(alone.graph)[0], kernel)
         session = ort.InferenceSession(
-            alone.SerializeToString(),
-            ort_session_options(selection.threads),
-            providers=["CPUExecutionProvider"],
+            alone.SerializeToString(), ort_session_options(threads), providers=["CPUExecutionProvider"]
         )
         feed_name = session.get_inputs()[0].name
         dtype = np.uint8 if session.get_inputs()[0].type == "tensor(uint8)" else np.int8
         info = np.iinfo(dtype)
         feed = rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
         calls[kernel] = lambda _batch, s=session, n=feed_name, x=feed: s.run(None, {n: x})
-    timings = measure_interleaved(calls, np.empty(0), selection.warmup, selection.runs, progress=False)
+    timings = measure_interleaved(calls, np.empty(0), warmup, runs, progress=False)
     return {kernel: float(np.percentile(ms, 50)) for kernel, ms in timings.items()}
 
 
-def select_conv_kernels(model: Any, sample: np.ndarray, selection: KernelSelection) -> list[ConvKernelChoice]:
-    """Time every movable INT8 convolution of ``model`` on both kernels, on the activations
-    ``sample`` (one float input) produces, and store each layer for the faster one, in place.
-
-    A layer moves to the GEMM kernel only if it is at least ``MIN_GAIN`` faster there."""
-    from tqdm.auto import tqdm
-
+def time_conv_kernels(
+    model: Any, sample: np.ndarray, threads: int, warmup: int = 3, runs: int = 15
+) -> list[dict[str, Any]]:
+    """Each movable INT8 convolution of ``model`` timed alone (with its Q/DQ) on both kernels,
+    on the activations one float input ``sample`` produces: what the threshold of
+    :func:`assign_conv_kernels` is chosen from. ``model`` is left as it was."""
     layers = _movable_convs(model.graph)
     shapes = tensor_shapes(model, [layer.input_dq.input[0] for layer in layers], sample)
-    choices = []
-    for layer in tqdm(layers, desc="INT8 kernel per convolution", unit="conv", disable=None):
-        if layer.input_dq.input[0] not in shapes:
-            continue
-        times = _time_layer(model, layer, shapes[layer.input_dq.input[0]], selection)
-        kernel = "gemm" if times["gemm"] <= times["symmetric"] * (1 - MIN_GAIN) else "symmetric"
-        _move(model.graph, layer, kernel)
-        weight_shape = next(i.dims for i in model.graph.initializer if i.name == layer.weight_dq.input[0])
-        choices.append(
-            ConvKernelChoice(
-                node=layer.conv.name,
-                multiply_adds_per_output=int(np.prod(weight_shape[1:])),
-                symmetric_ms=round(times["symmetric"], 4),
-                gemm_ms=round(times["gemm"], 4),
-                kernel=kernel,
-            )
+    rows = []
+    for layer in layers:
+        shape = shapes[layer.input_dq.input[0]]
+        times = _time_layer(_layer_model(model, layer, shape), shape, threads, warmup, runs)
+        rows.append(
+            {
+                "node": layer.conv.name,
+                "multiply_adds_per_output": _multiply_adds_per_output(model.graph, layer),
+                "symmetric_ms": round(times["symmetric"], 4),
+                "gemm_ms": round(times["gemm"], 4),
+            }
         )
-    log.info(
-        "INT8 convolutions on the GEMM kernel: %d of %d (%.2f ms -> %.2f ms, timed alone)",
-        sum(c.kernel == "gemm" for c in choices),
-        len(choices),
-        sum(c.symmetric_ms for c in choices),
-        sum(c.gemm_ms if c.kernel == "gemm" else c.symmetric_ms for c in choices),
-    )
-    return choices
+    return rows

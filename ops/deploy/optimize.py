@@ -3,8 +3,8 @@
 Weights are int8 per output channel, activations uint8 with ranges calibrated on training
 images (never validation images: those judge the result). The model is quantised in the
 QDQ format, which ONNX Runtime fuses into integer kernels (VNNI on CPUs that have it) and
-TensorRT reads as explicit quantisation, so one file serves both. Optionally each convolution
-is then timed on ONNX Runtime's two integer kernels and stored for the faster
+TensorRT reads as explicit quantisation, so one file serves both. Optionally the wider
+convolutions are then stored for ONNX Runtime's GEMM kernel rather than its symmetric one
 (:mod:`ops.deploy.conv_kernels`: exact, and undone for TensorRT when it builds).
 
 What runs in integer arithmetic is not taken on trust: the report lists the operators of
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ops.deploy.conv_kernels import ConvKernelChoice, KernelSelection, select_conv_kernels
+from ops.deploy.conv_kernels import ConvKernelChoice, assign_conv_kernels
 from ops.deploy.export import OnnxMetadata, read_onnx_contract
 from ops.deploy.runtime import INPUT_NAME, ort_session_options
 from ops.errors import ExportError
@@ -282,8 +282,9 @@ class QuantizeSettings:
     activation_symmetric: bool = False
     # Transposed convolutions rewritten as Conv + DepthToSpace (see rewrite_transposed_convolutions).
     subpixel_decoder: bool = True
-    # Each convolution timed on ONNX Runtime's two integer kernels, the faster kept (conv_kernels).
-    kernel_selection: KernelSelection | None = None
+    # Convolutions with at least this many multiply-adds per output run on ONNX Runtime's GEMM
+    # kernel, the rest on its symmetric one (ops.deploy.conv_kernels); None: all symmetric.
+    gemm_kernel_min_multiply_adds: int | None = None
 
 
 def quantize_int8(
@@ -347,11 +348,8 @@ def quantize_int8(
         for key, value in metadata.to_props().items():  # the quantiser drops them
             model.metadata_props.add(key=key, value=value)
         kernels = []
-        if cfg.kernel_selection is not None:
-            channels, height, width = batches[0].shape[1:]
-            height, width = cfg.kernel_selection.input_hw or (height, width)
-            sample = np.zeros((1, channels, height, width), np.float32)
-            kernels = select_conv_kernels(model, sample, cfg.kernel_selection)
+        if cfg.gemm_kernel_min_multiply_adds is not None:
+            kernels = assign_conv_kernels(model, cfg.gemm_kernel_min_multiply_adds)
         with atomic_path(out_path) as final:
             onnx.save_model(model, str(final))
     executed = executed_operators(out_path)

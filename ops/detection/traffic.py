@@ -26,7 +26,6 @@ from ops.deploy.benchmark import (
     measure_interleaved,
     plot_benchmark,
 )
-from ops.deploy.conv_kernels import KernelSelection
 from ops.deploy.export import (
     ProgramPredictor,
     export_onnx,
@@ -224,15 +223,15 @@ def parity_gate(params: Params, report: dict[str, Any]) -> Gate:
     return cosine_gate("onnx", min_cosine, params.traffic.validation.min_output_cosine)
 
 
-def quantize_settings(cfg: QuantizeConfig, threads: int) -> QuantizeSettings:
+def quantize_settings(cfg: QuantizeConfig) -> QuantizeSettings:
     """The detector's quantisation: every supported operator, the heads' last layers optionally
-    float; each convolution's integer kernel chosen at ``threads`` if the config asks."""
+    float, the wider convolutions on ONNX Runtime's GEMM kernel."""
     return QuantizeSettings(
         calibration_method=cfg.calibration_method,
         per_channel=cfg.per_channel,
         exclude_nodes=tuple(cfg.exclude_nodes),
         keep_output_layers=cfg.keep_outputs_float,
-        kernel_selection=KernelSelection(threads) if cfg.select_conv_kernels else None,
+        gemm_kernel_min_multiply_adds=cfg.gemm_kernel_min_multiply_adds,
     )
 
 
@@ -244,8 +243,7 @@ def quantize(params: Params) -> dict[str, Any]:
     batches = calibration_batches(
         train_split, params.traffic.model, cfg.calibration_images, seed=params.traffic.train.seed
     )
-    settings = quantize_settings(cfg, params.traffic.benchmark.threads)
-    report = quantize_int8(layout.onnx, layout.onnx_int8, batches, settings).to_dict()
+    report = quantize_int8(layout.onnx, layout.onnx_int8, batches, quantize_settings(cfg)).to_dict()
     report["onnx_bytes"] = layout.onnx_int8.stat().st_size
     report["onnx_sha256"] = sha256_file(layout.onnx_int8)
     write_json(layout.quantization_report, report)
@@ -473,9 +471,7 @@ def benchmark(params: Params, full_size: bool = False) -> dict[str, Any]:
             batches = calibration_batches(
                 train_split, model_cfg, params.traffic.quantize.calibration_images, params.traffic.train.seed
             )
-            quantize_int8(
-                onnx_path, int8_path, batches, quantize_settings(params.traffic.quantize, cfg.threads)
-            )
+            quantize_int8(onnx_path, int8_path, batches, quantize_settings(params.traffic.quantize))
             engines: list[Path] = []
         else:
             model_cfg = params.traffic.model

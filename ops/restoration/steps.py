@@ -30,7 +30,6 @@ from ops.deploy.benchmark import (
     measure_interleaved,
     plot_benchmark,
 )
-from ops.deploy.conv_kernels import KernelSelection
 from ops.deploy.export import (
     RestorerMetadata,
     export_onnx,
@@ -276,18 +275,15 @@ class RestorationSteps:
 
     def quantize_settings(self, params: Params) -> QuantizeSettings:
         """Restorers lose PSNR to quantised activations: convolutions only by default, the
-        network's first and last convolution (which see and produce pixels) kept float; each
-        convolution's integer kernel timed at the benchmark's threads and first size if asked."""
-        cfg, bench = self.cfg(params).quantize, self.cfg(params).benchmark
+        network's first and last convolution (which see and produce pixels) kept float."""
+        cfg = self.cfg(params).quantize
         return QuantizeSettings(
             calibration_method=cfg.calibration_method,
             per_channel=cfg.per_channel,
             keep_input_layers=cfg.keep_first_last_float,
             keep_output_layers=cfg.keep_first_last_float,
             op_types=tuple(cfg.op_types),
-            kernel_selection=KernelSelection(bench.threads, tuple(bench.sizes[0]))
-            if cfg.select_conv_kernels
-            else None,
+            gemm_kernel_min_multiply_adds=cfg.gemm_kernel_min_multiply_adds,
         )
 
     def quantize(self, params: Params) -> dict[str, Any]:

@@ -45,7 +45,7 @@ def _cfg(**overrides) -> QuantizeSettings:
         keep_outputs_float=True,
         exclude_nodes=[],
     )
-    return quantize_settings(QuantizeConfig(**{**values, **overrides}), threads=2)
+    return quantize_settings(QuantizeConfig(**{**values, **overrides}))
 
 
 @pytest.fixture(scope="module")

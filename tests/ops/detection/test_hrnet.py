@@ -115,8 +115,7 @@ def test_int8_runs_convolutions_fusion_adds_and_concat_in_integer(exported, batc
             per_channel=True,
             keep_outputs_float=True,
             exclude_nodes=[],
-        ),
-        threads=2,
+        )
     )
     report = quantize_int8(path, tmp_path / "int8.onnx", batches, settings)
     # every conv but the three heads' 1x1 outputs; the residual and exchange-unit sums; the concat
