@@ -338,8 +338,9 @@ def _run_torchrun(
     return result
 
 
-_ROOT_CAUSE = re.compile(
-    r"Root Cause.*?rank\s*:\s*(?P<rank>\d+).*?exitcode\s*:\s*(?P<exitcode>-?\d+)"
+# One rank's entry in torchrun's failure report.
+_FAILURE = re.compile(
+    r"rank\s*:\s*(?P<rank>\d+).*?exitcode\s*:\s*(?P<exitcode>-?\d+)"
     r".*?error_file\s*:\s*(?P<error_file>\S+).*?traceback\s*:\s*(?P<traceback>[^\n]*)",
     re.DOTALL,
 )
@@ -355,10 +356,17 @@ def _describe_failure(
             f"the rendezvous at {launch.rdzv_endpoint} timed out after {int(timeout_s)} s waiting for "
             f"{launch.nnodes} nodes (train.dist_timeout_s); start the same command on every node"
         )
-    match = _ROOT_CAUSE.search(text)
+    root_at = text.find("Root Cause")
+    match = _FAILURE.search(text, root_at) if root_at >= 0 else None
     if match is None:
         tail = " | ".join(line for line in output[-5:] if line.strip())
         return f"torchrun exited with status {returncode}: {tail} (every rank's log: {log_dir})"
+    if int(match["exitcode"]) == -signal.SIGTERM:
+        # Once a rank fails, torchrun SIGTERMs the others and reports them too, timed to the
+        # second: a rank it stopped can tie with the one that failed and be named the root cause.
+        listed_at = text.rfind("Failures:", 0, root_at)
+        others = _FAILURE.finditer(text[max(listed_at, 0) : root_at])
+        match = next((m for m in others if int(m["exitcode"]) != -signal.SIGTERM), match)
     rank, exitcode = match["rank"], int(match["exitcode"])
     reason = _error_file_message(match["error_file"]) or match["traceback"].strip()
     if exitcode < 0:

@@ -24,6 +24,7 @@ from ops.distributed import (
     GlobalOrderSampler,
     Launch,
     World,
+    _describe_failure,
     per_rank_batch,
     train_task,
 )
@@ -157,6 +158,29 @@ def test_a_killed_rank_fails_the_job_and_resume_continues_exactly(
     resumed = train_task("sidd", params, resume=True, launch=Launch(nproc=2), on_output=lambda _: None)
     assert [row["epoch"] for row in resumed.history] == [1, 2]
     _assert_same_weights(_weights(two_processes[0]), _weights(params))
+
+
+def test_the_rank_that_failed_is_named_not_the_one_torchrun_stopped_in_the_same_second(tmp_path):
+    """torchrun's own report (its ChildFailedError), with the SIGKILLed rank and the rank it
+    then SIGTERMed timed to the same second: torchrun calls the SIGTERMed rank the root cause."""
+    import signal
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    stopped = ProcessFailure(local_rank=0, pid=100, exitcode=-signal.SIGTERM, error_file="<N/A>")
+    killed = ProcessFailure(local_rank=1, pid=101, exitcode=-signal.SIGKILL, error_file="<N/A>")
+    stopped.timestamp = killed.timestamp
+    report = ChildFailedError("ops.distributed", {0: stopped, 1: killed}).format_msg()
+    assert "Root Cause" in report and report.index("SIGKILL") < report.index("Root Cause")  # the tie
+
+    described = _describe_failure(1, report.splitlines(), tmp_path, Launch(nproc=2), 60.0)
+    assert described.startswith("training rank 1 failed: killed by SIGKILL")
+    # a job SIGTERMed as a whole still names torchrun's root cause
+    everyone = {rank: ProcessFailure(rank, 100 + rank, -signal.SIGTERM, "<N/A>") for rank in (0, 1)}
+    report = ChildFailedError("ops.distributed", everyone).format_msg()
+    assert _describe_failure(1, report.splitlines(), tmp_path, Launch(nproc=2), 60.0).startswith(
+        "training rank 0 failed: killed by SIGTERM"
+    )
 
 
 def test_a_checkpoint_of_two_processes_resumes_in_one(workdir, one_process, monkeypatch):
