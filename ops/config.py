@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -243,6 +243,20 @@ class ExportConfig(StrictModel):
     parity_images: int = Field(gt=0, description="Validation images the parity check runs on.")
 
 
+# Shared by every task's quantisation: which of ONNX Runtime's two INT8 convolution kernels each
+# layer is stored for (ops.deploy.conv_kernels).
+GemmKernelThreshold = Annotated[
+    int | None,
+    Field(
+        gt=0,
+        description="INT8 convolutions with at least this many multiply-adds per output (input "
+        "channels x kernel area) run on ONNX Runtime's im2col GEMM kernel, the rest on its direct "
+        "symmetric one; null: all symmetric. Exact (outputs bit-identical); which is faster depends "
+        "on the CPU: python -m benchmarks.int8_profile --layer-kernels times both per layer.",
+    ),
+]
+
+
 class QuantizeConfig(StrictModel):
     """ONNX Runtime static INT8 quantisation (QDQ, int8 weights, uint8 activations)."""
 
@@ -256,14 +270,7 @@ class QuantizeConfig(StrictModel):
         "tiny, and int8 steps in scores and box sizes cost accuracy."
     )
     exclude_nodes: list[str] = Field(description="Further ONNX node names to leave in float.")
-    gemm_kernel_min_multiply_adds: int | None = Field(
-        default=None,
-        gt=0,
-        description="INT8 convolutions with at least this many multiply-adds per output (input "
-        "channels x kernel area) run on ONNX Runtime's im2col GEMM kernel, the rest on its direct "
-        "symmetric one; null: all symmetric. Exact (outputs bit-identical); which is faster depends "
-        "on the CPU: python -m benchmarks.int8_profile --layer-kernels times both per layer.",
-    )
+    gemm_kernel_min_multiply_adds: GemmKernelThreshold = None
 
 
 class PruneConfig(StrictModel):
@@ -424,14 +431,7 @@ class RestorationQuantizeConfig(StrictModel):
         description="Keep the network's first convolution (it reads pixels) and its output layers "
         "(the last convolution, the global residual and the crop) in float."
     )
-    gemm_kernel_min_multiply_adds: int | None = Field(
-        default=None,
-        gt=0,
-        description="INT8 convolutions with at least this many multiply-adds per output (input "
-        "channels x kernel area) run on ONNX Runtime's im2col GEMM kernel, the rest on its direct "
-        "symmetric one; null: all symmetric. Exact (outputs bit-identical); which is faster depends "
-        "on the CPU: python -m benchmarks.int8_profile --layer-kernels times both per layer.",
-    )
+    gemm_kernel_min_multiply_adds: GemmKernelThreshold = None
 
 
 class RestorationTensorRTConfig(StrictModel):
