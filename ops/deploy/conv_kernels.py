@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ops.deploy.runtime import tensor_shapes
+from ops.deploy.runtime import ort_session_options, tensor_shapes
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,6 @@ def _time_layer(alone: Any, shape: list[int], threads: int, warmup: int, runs: i
     import onnxruntime as ort
 
     from ops.deploy.benchmark import measure_interleaved
-    from ops.deploy.runtime import ort_session_options
 
     rng = np.random.default_rng(0)
     calls = {}
