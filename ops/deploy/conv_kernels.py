@@ -117,17 +117,18 @@ def _movable_convs(graph: Any) -> list[_IntConv]:
 def _move(graph: Any, layer: _IntConv, kernel: str) -> None:
     """Store ``layer``'s weights for ``kernel`` ("symmetric" or "gemm"); exact both ways.
 
-    New initialiser names, so a zero point shared with another layer is left as it was."""
+    New initialiser names, so a zero point shared with another layer is left as it was; the
+    ones no node reads any more stay until :func:`_drop_unused_initialisers`."""
     from onnx import numpy_helper
 
     inits = _initialisers(graph)
     weight_name, zero_point_name = layer.weight_dq.input[0], layer.weight_dq.input[2]
-    weights = numpy_helper.to_array(inits[weight_name]).astype(np.int16)
     zero_points = numpy_helper.to_array(inits[zero_point_name])
     target = GEMM_WEIGHT_ZERO_POINT if kernel == "gemm" else 0
-    current = int(zero_points.flat[0]) if zero_points.size else 0
+    current = _zero_point(zero_points)
     if current == target:
         return
+    weights = numpy_helper.to_array(inits[weight_name]).astype(np.int16)
     shifted = (weights - current + target).astype(np.int8)
     suffix = _GEMM_SUFFIX if kernel == "gemm" else ""
     new_weight = weight_name.removesuffix(_GEMM_SUFFIX) + suffix
@@ -135,6 +136,14 @@ def _move(graph: Any, layer: _IntConv, kernel: str) -> None:
     graph.initializer.append(numpy_helper.from_array(shifted, new_weight))
     graph.initializer.append(numpy_helper.from_array(np.full_like(zero_points, target), new_zero_point))
     layer.weight_dq.input[0], layer.weight_dq.input[2] = new_weight, new_zero_point
+
+
+def _zero_point(zero_points: np.ndarray) -> int:
+    """A layer's weight zero point (the same for every channel of a movable layer)."""
+    return int(zero_points.flat[0]) if zero_points.size else 0
+
+
+def _drop_unused_initialisers(graph: Any) -> None:
     used = {name for node in graph.node for name in node.input}
     kept = [init for init in graph.initializer if init.name in used]
     del graph.initializer[:]
@@ -144,17 +153,18 @@ def _move(graph: Any, layer: _IntConv, kernel: str) -> None:
 def restore_symmetric_weights(model: Any) -> int:
     """Store every moved layer's weights symmetric again (zero point 0), in place; returns how
     many layers changed. For consumers that accept only zero weight zero points (TensorRT)."""
-    moved = [layer for layer in _movable_convs(model.graph) if _zero_point(model.graph, layer) != 0]
-    for layer in moved:
-        _move(model.graph, layer, "symmetric")
-    return len(moved)
-
-
-def _zero_point(graph: Any, layer: _IntConv) -> int:
     from onnx import numpy_helper
 
-    zero_points = numpy_helper.to_array(_initialisers(graph)[layer.weight_dq.input[2]])
-    return int(zero_points.flat[0]) if zero_points.size else 0
+    inits = _initialisers(model.graph)
+    moved = [
+        layer
+        for layer in _movable_convs(model.graph)
+        if _zero_point(numpy_helper.to_array(inits[layer.weight_dq.input[2]])) != 0
+    ]
+    for layer in moved:
+        _move(model.graph, layer, "symmetric")
+    _drop_unused_initialisers(model.graph)
+    return len(moved)
 
 
 def _layer_model(model: Any, layer: _IntConv, input_shape: list[int]) -> Any:
@@ -198,6 +208,7 @@ def assign_conv_kernels(model: Any, gemm_min_multiply_adds: int) -> list[ConvKer
         kernel = "gemm" if k >= gemm_min_multiply_adds else "symmetric"
         _move(model.graph, layer, kernel)
         choices.append(ConvKernelChoice(node=layer.conv.name, multiply_adds_per_output=k, kernel=kernel))
+    _drop_unused_initialisers(model.graph)
     log.info(
         "INT8 convolutions on the GEMM kernel (K >= %d): %d of %d",
         gemm_min_multiply_adds,
@@ -217,6 +228,7 @@ def _time_layer(alone: Any, shape: list[int], threads: int, warmup: int, runs: i
     calls = {}
     for kernel in ("symmetric", "gemm"):
         _move(alone.graph, _movable_convs(alone.graph)[0], kernel)
+        _drop_unused_initialisers(alone.graph)
         session = ort.InferenceSession(
             alone.SerializeToString(), ort_session_options(threads), providers=["CPUExecutionProvider"]
         )

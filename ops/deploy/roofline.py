@@ -10,6 +10,7 @@ the fraction compares figures taken under the same conditions.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -151,14 +152,12 @@ def measure_gemm_shapes(
     convolutions, :func:`conv_gemm_shapes`): each timed alone, interleaved, p50s summed.
 
     That is a convolution's work with none of its other costs (im2col, layout, quantising,
-    other operators), on the kernel of the 1024^3 roofline: what a network of these layer
-    shapes could reach at best on it."""
+    other operators), on the kernel of the 1024^3 roofline: what that kernel reaches on a
+    network of these layer shapes."""
     from ops.deploy.benchmark import measure_interleaved
 
     rng = np.random.default_rng(0)
-    counts: dict[tuple[int, int, int], int] = {}
-    for shape in shapes:
-        counts[shape] = counts.get(shape, 0) + 1
+    counts = collections.Counter(shapes)
     calls = {shape: _gemm_call(precision, *shape, threads, rng) for shape in counts}
     timings = measure_interleaved(calls, np.empty(0), warmup, runs, progress=False)
     ms = sum(float(np.percentile(timings[shape], 50)) * count for shape, count in counts.items())
